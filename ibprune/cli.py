@@ -1,0 +1,104 @@
+"""The ``ibprune`` command: ``demo``, ``compress`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+
+from ibprune.recipe import Job
+
+EXAMPLES = """examples:
+  ibprune demo --out runs/demo
+  ibprune compress --model torchvision:resnet18 --weights r18.pth --num-classes 10 \\
+      --data path/to/imagefolder --input-size 64 --macs 0.5 --out runs/r18
+  ibprune run pipelines/digits.toml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ibprune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Compress a pretrained PyTorch classifier: learned information-bottleneck gates pick the "
+                    "channels to remove, torch-pruning removes them, the slim model is fine-tuned, exported to "
+                    "ONNX, checked with onnxruntime and benchmarked against the original.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="compress a small digits CNN end to end (needs no data; ~1 minute on a CPU)",
+                       description="Train a small residual CNN on scikit-learn's 8x8 digits for a few seconds, "
+                                   "compress it to <= 50%% of its MACs, export, benchmark, print the report.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+
+    c = sub.add_parser("compress", help="compress a model given by flags",
+                       description="Compress a model to a MACs or params budget. Writes report.json, report.md, "
+                                   "model.onnx, original.onnx and compressed.pt into --out.")
+    c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
+    c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
+    c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
+    c.add_argument("--data", required=True, help="'digits', or an ImageFolder root with train/ and val/ (or test/)")
+    c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--workers", type=int, default=2, help="data loader processes")
+    budget = c.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
+    budget.add_argument("--params", type=float, help="keep at most this fraction of the parameters")
+    c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
+    c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
+    c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
+    c.add_argument("--gate-lr", type=float, default=0.02, help="Adam learning rate of the gates")
+    c.add_argument("--beta", type=float, help="fixed IB weight (default: set automatically from the budget)")
+    c.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    c.add_argument("--round-to", type=int, default=8,
+                   help="keep channel counts a multiple of this (default 8: fast kernels); 1 for exact widths")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
+    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
+    c.add_argument("--out", required=True, help="output folder")
+
+    r = sub.add_parser("run", help="run a pipeline recipe (TOML)",
+                       description="Run a declarative recipe: sections [model], [data], [budget], [train], "
+                                   "[output] whose keys are the flags of 'ibprune compress'.")
+    r.add_argument("recipe", help="path to a .toml recipe, e.g. pipelines/digits.toml")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ibprune`` console script."""
+    args = _parser().parse_args(argv)
+    verbose = not args.quiet
+    try:
+        if args.command == "demo":
+            from ibprune.demo import DEMO
+
+            job = Job(model="ibprune.demo:pretrained_digits_net", data="digits", out=args.out,
+                      device=args.device, **DEMO)
+        elif args.command == "compress":
+            fields = {f.name for f in dataclasses.fields(Job)}
+            job = Job(**{k: v for k, v in vars(args).items() if k in fields})
+        else:
+            from ibprune.recipe import load_recipe
+
+            job = load_recipe(args.recipe)
+        from ibprune.recipe import run_job
+
+        result = run_job(job, verbose=verbose)
+        if verbose:
+            print(f"[ibprune] wrote {job.out}/report.md, report.json, model.onnx, original.onnx, compressed.pt")
+        return 0 if result is not None else 1
+    except KeyboardInterrupt:
+        print("ibprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; --debug for the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"ibprune: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""MACs and parameter counts as a function of which channels each group keeps.
+
+torch-pruning's counter gives every layer's MACs and parameters once. A conv or linear layer costs in
+proportion to (kept inputs / inputs) x (kept outputs / outputs); a BN or depthwise conv in proportion to its
+kept outputs; every other layer is held constant. That is exact for conv / linear / BN layers, differentiable
+in the keep vectors, and fast enough to evaluate at every training step. The pruning step still counts the
+pruned model with torch-pruning's counter: this model only steers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ibprune.groups import ChannelGroup, evaluating, is_depthwise
+
+
+def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(macs, params)`` of ``model`` at ``example_input``, by torch-pruning's counter."""
+    with evaluating(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    return int(macs), int(params)
+
+
+@dataclass
+class _Term:
+    base: float                                  # the layer's MACs (or params) in the unpruned model
+    inputs: list[tuple[str, torch.Tensor]]       # (group, gate positions) read by this layer's inputs
+    n_in: int
+    outputs: list[tuple[str, torch.Tensor]]
+    n_out: int
+
+
+class CostModel:
+    """``cost(keep)`` = MACs or params when group ``g`` keeps ``keep[g]`` (0/1 or soft, per channel)."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
+                 metric: str = "macs") -> None:
+        if metric not in ("macs", "params"):
+            raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
+        with evaluating(model):
+            macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
+                model, example_input, layer_wise=True)
+        per_layer = layer_macs if metric == "macs" else layer_params
+        self.metric = metric
+        self.total = float(macs if metric == "macs" else params)
+        self.sizes = {g.name: g.size for g in groups}
+        modules = dict(model.named_modules())
+        ins: dict[str, list] = {}
+        outs: dict[str, list] = {}
+        for g in groups:
+            for layer, cmap in g.inputs.items():
+                ins.setdefault(layer, []).append((g.name, torch.tensor(cmap.gates)))
+            for layer, cmap in g.outputs.items():
+                outs.setdefault(layer, []).append((g.name, torch.tensor(cmap.gates)))
+        self.terms: list[_Term] = []
+        for layer in set(ins) | set(outs):
+            m = modules[layer]
+            base = float(per_layer.get(m) or 0.0)
+            n_in, n_out = _width(m)
+            reads = ins.get(layer, []) if not is_depthwise(m) else []
+            self.terms.append(_Term(base, reads, n_in, outs.get(layer, []), n_out))
+        self.constant = self.total - sum(t.base for t in self.terms)
+
+    def cost(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Estimated MACs / params for per-group keep vectors (missing groups keep everything)."""
+        total = torch.tensor(self.constant)
+        for t in self.terms:
+            total = total + t.base * _kept(t.inputs, t.n_in, keep) * _kept(t.outputs, t.n_out, keep)
+        return total
+
+    def fraction(self, keep: dict[str, torch.Tensor]) -> float:
+        """``cost(keep) / cost(all)``."""
+        return float(self.cost(keep)) / self.total
+
+    def channel_costs(self) -> dict[str, torch.Tensor]:
+        """Marginal cost of each channel in the unpruned model (d cost / d keep_c), relative to the mean (1)."""
+        keep = {n: torch.ones(s, requires_grad=True) for n, s in self.sizes.items()}
+        self.cost(keep).backward()
+        costs = {n: k.grad.detach().clamp_min(0.0) for n, k in keep.items()}
+        mean = torch.cat(list(costs.values())).mean().clamp_min(1e-12)
+        return {n: c / mean for n, c in costs.items()}
+
+
+def _kept(entries: list[tuple[str, torch.Tensor]], n: int, keep: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    if not entries or n == 0:
+        return 1.0
+    covered = sum(len(pos) for _, pos in entries)
+    kept = sum(keep[g][pos].sum() if g in keep else float(len(pos)) for g, pos in entries)
+    return (n - covered + kept) / n
+
+
+def _width(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.in_channels, m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    n = getattr(m, "num_features", 0)
+    return n, n

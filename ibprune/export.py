@@ -1,0 +1,76 @@
+"""ONNX export (one self-contained file, dynamic batch) and its check against PyTorch with onnxruntime."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from ibprune.errors import ExportMismatchError
+from ibprune.files import atomic_path
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Export ``model`` (a CPU float32 copy, eval mode) to ``path`` with a dynamic batch dimension.
+
+    Uses ``torch.onnx.export``'s default (dynamo) exporter with weights embedded in the file, writes atomically
+    and runs ``onnx.checker`` on the result.
+    """
+    path = Path(path)
+    cpu = copy.deepcopy(model).cpu().float().eval()
+    x = example_input.detach().cpu().float()
+    x = torch.cat([x, x]) if x.shape[0] == 1 else x  # a batch of 1 would be specialised away
+    with atomic_path(path, suffix=".onnx") as tmp:
+        torch.onnx.export(cpu, (x,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+                          verbose=False)
+        onnx.checker.check_model(str(tmp))
+    return path
+
+
+def onnx_opset(path: str | os.PathLike) -> int:
+    """The default-domain opset the file was exported with."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def session(path: str | os.PathLike, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session with an explicit thread count."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def check_parity(path: str | os.PathLike, model: nn.Module, example_input: torch.Tensor,
+                 batch_sizes: tuple[int, ...] = (1, 3), rtol: float = 1e-4, seed: int = 0) -> float:
+    """Max abs difference between onnxruntime and PyTorch on random inputs at each batch size.
+
+    Raises ``ExportMismatchError`` when it exceeds ``rtol`` times the output scale (at least 1).
+    """
+    cpu = copy.deepcopy(model).cpu().float().eval()
+    sess = session(path)
+    name = sess.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b in batch_sizes:
+        x = torch.randn(b, *example_input.shape[1:], generator=gen)
+        ref = cpu(x).numpy()
+        out = sess.run(None, {name: x.numpy()})[0]
+        if out.shape != ref.shape:
+            raise ExportMismatchError(f"{path}: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {b}")
+        diff = float(np.abs(out - ref).max())
+        scale = max(1.0, float(np.abs(ref).max()))
+        if not np.isfinite(diff) or diff > rtol * scale:
+            raise ExportMismatchError(f"{path}: onnxruntime differs from PyTorch by {diff:.3g} at batch {b} "
+                                      f"(tolerance {rtol * scale:.3g})")
+        worst = max(worst, diff)
+    return worst

@@ -1,0 +1,123 @@
+"""Prunable channel groups, read from torch-pruning's dependency graph.
+
+A *group* is a set of channels that must be removed together: a conv's output channels, the BN after it, and
+the input channels of every layer that reads them. Channels added into one residual stream (or concatenated,
+or passed through a depthwise conv) form one group, so one gate vector governs them all.
+
+For each group this module records, per layer, which of its input / output channels belong to the group and
+which position of the group's gate vector each one maps to (torch-pruning's ``root_idxs``). Gates, the cost
+model and the pruning step all work from these maps, never from layer names guessed by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ibprune.errors import UnsupportedModelError
+
+#: Layers that read channels and mix them: a zeroed input channel contributes exactly nothing to their output,
+#: so a gate on their input is removed exactly by deleting that input channel.
+MIXING = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class ChannelMap:
+    """Channels of one layer that belong to a group: ``channels[i]`` of the layer is gate position ``gates[i]``."""
+
+    channels: list[int]
+    gates: list[int]
+
+
+@dataclass
+class ChannelGroup:
+    """One prunable group: ``size`` channels, named after the layer whose outputs define them."""
+
+    name: str
+    size: int
+    inputs: dict[str, ChannelMap] = field(default_factory=dict)   # layer name -> its input channels in the group
+    outputs: dict[str, ChannelMap] = field(default_factory=dict)  # layer name -> its output channels in the group
+
+    @property
+    def gate_sites(self) -> dict[str, ChannelMap]:
+        """Layers whose inputs carry this group's gate (see ``ibprune.gates``)."""
+        return self.inputs
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A conv that maps each input channel to its own output channels (channel-wise, not mixing)."""
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; the model's previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The last conv / linear layer executed: its outputs are the model's outputs and are never pruned."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
+             for m in model.modules() if isinstance(m, MIXING)]
+    try:
+        with torch.no_grad(), evaluating(model):
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise UnsupportedModelError("the model has no Conv or Linear layer: there is nothing to prune")
+    return [order[-1]]
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` traced on ``example_input``."""
+    with torch.enable_grad(), evaluating(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+
+
+def find_groups(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ignored_layers: list[nn.Module] | None = None,
+    graph: tp.DependencyGraph | None = None,
+) -> tuple[tp.DependencyGraph, list[ChannelGroup]]:
+    """Every prunable channel group of ``model``; the classifier's outputs (and ``ignored_layers``) are excluded."""
+    graph = graph or build_graph(model, example_input)
+    ignored = list(ignored_layers or []) + classifier_layers(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    groups: list[ChannelGroup] = []
+    for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING):
+        root = g[0].dep.target.module
+        group = ChannelGroup(name=names[root], size=len(g[0].idxs))
+        for item in g.items:
+            module, handler = item.dep.target.module, item.dep.handler
+            if module not in names or not isinstance(module, (*MIXING, nn.modules.batchnorm._BatchNorm)):
+                continue
+            cmap = ChannelMap(list(item.idxs), list(item.root_idxs))
+            reads = graph.is_in_channel_pruning_fn(handler) and not graph.is_out_channel_pruning_fn(handler)
+            target = group.inputs if reads and not is_depthwise(module) else group.outputs
+            _merge(target, names[module], cmap)
+        groups.append(group)
+    if not groups:
+        raise UnsupportedModelError("torch-pruning found no prunable channel group in this model")
+    return graph, groups
+
+
+def _merge(maps: dict[str, ChannelMap], name: str, cmap: ChannelMap) -> None:
+    if name in maps:
+        maps[name].channels += cmap.channels
+        maps[name].gates += cmap.gates
+    else:
+        maps[name] = cmap

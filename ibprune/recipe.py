@@ -1,0 +1,123 @@
+"""A compression job: what the CLI flags and a pipeline TOML both describe, and how to run it."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ibprune.errors import IbpruneError
+
+
+class RecipeError(IbpruneError):
+    """A pipeline recipe is malformed."""
+
+
+@dataclass
+class Job:
+    """Everything ``ibprune compress`` needs. Field names are the CLI flags and the recipe keys."""
+
+    model: str
+    data: str
+    out: str
+    weights: str | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+    batch_size: int = 64
+    workers: int = 2
+    macs: float | None = None
+    params: float | None = None
+    gate_epochs: float = 1.0
+    finetune_epochs: float = 5.0
+    lr: float = 0.01
+    gate_lr: float = 0.02
+    beta: float | None = None
+    distill: bool = False
+    round_to: int | None = 8
+    device: str = "auto"
+    seed: int = 0
+    bench_batch: int = 32
+    latency_runs: int = 50
+
+
+#: recipe section -> the Job fields it may hold
+SECTIONS = {
+    "model": ("model", "weights", "num_classes"),
+    "data": ("data", "input_size", "batch_size", "workers"),
+    "budget": ("macs", "params"),
+    "train": ("gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to", "device", "seed"),
+    "output": ("out", "bench_batch", "latency_runs"),
+}
+_ALIASES = {("model", "spec"): "model", ("data", "source"): "data", ("output", "dir"): "out"}
+
+
+def load_recipe(path: str | Path) -> Job:
+    """Read a pipeline TOML (sections: model, data, budget, train, output) into a ``Job``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: malformed TOML: {err}") from None
+    values: dict = {}
+    types = {f.name: f.type for f in dataclasses.fields(Job)}
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise RecipeError(f"{path}: unknown section [{section}] (expected: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise RecipeError(f"{path}: '{section}' must be a table: [{section}]")
+        for key, value in table.items():
+            field = _ALIASES.get((section, key), key)
+            if field not in SECTIONS[section]:
+                raise RecipeError(f"{path}: unknown key '{key}' in [{section}] "
+                                  f"(expected: {', '.join(_keys(section))})")
+            values[field] = _check_type(path, section, key, value, types[field])
+    for required in ("model", "data", "out"):
+        if required not in values:
+            section = next(s for s, fs in SECTIONS.items() if required in fs)
+            key = next((k for (s, k), f in _ALIASES.items() if f == required), required)
+            raise RecipeError(f"{path}: missing key '{key}' in [{section}]")
+    if not Path(values["data"]).is_absolute() and Path(path.parent, values["data"]).exists():
+        values["data"] = str(Path(path.parent, values["data"]))
+    return Job(**values)
+
+
+def _keys(section: str) -> list[str]:
+    alias = {f: k for (s, k), f in _ALIASES.items() if s == section}
+    return [alias.get(f, f) for f in SECTIONS[section]]
+
+
+def _check_type(path: Path, section: str, key: str, value, annotation: str):
+    wanted = str(annotation)
+    ok = {"str": str, "int": int, "float": (int, float), "bool": bool}
+    base = next(t for t in ("bool", "float", "int", "str") if t in wanted)
+    if isinstance(value, bool) and base != "bool" or not isinstance(value, ok[base]):
+        raise RecipeError(f"{path}: [{section}] {key} must be a {base}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def run_job(job: Job, verbose: bool = True):
+    """Build the model and data a job names, then ``compress`` them; returns the ``CompressResult``."""
+    from ibprune.api import budget_of, compress
+    from ibprune.checkpoint import load_weights
+    from ibprune.data import digits_loaders, image_folder_loaders
+    from ibprune.models import build
+
+    budget_of(job.macs, job.params)  # a bad budget fails before any model or data is loaded
+    model = build(job.model, job.num_classes)
+    if job.weights:
+        load_weights(model, job.weights)
+    if job.data == "digits":
+        train, val = digits_loaders(job.batch_size, job.seed)
+    else:
+        if not Path(job.data).is_dir():
+            raise FileNotFoundError(f"data folder not found: {job.data} (give a folder or 'digits')")
+        if job.input_size is None:
+            raise RecipeError("input_size is required for an image folder (e.g. --input-size 224)")
+        train, val = image_folder_loaders(job.data, job.input_size, job.batch_size, job.workers, job.seed)
+    return compress(model, train, val, macs=job.macs, params=job.params, gate_epochs=job.gate_epochs,
+                    finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
+                    beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
+                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, verbose=verbose)

@@ -1,0 +1,80 @@
+"""report.json (machine-readable) and report.md (a table a person reads at a glance)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ibprune.files import write_json, write_text
+
+
+def write(folder: str | Path, rep: dict) -> None:
+    """Write ``report.json`` and ``report.md`` into ``folder`` atomically."""
+    folder = Path(folder)
+    write_json(folder / "report.json", rep)
+    write_text(folder / "report.md", markdown(rep))
+
+
+def _rows(rep: dict) -> list[tuple[str, str, str, str]]:
+    o, c = rep["original"], rep["compressed"]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x smaller" if b else ""
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f} %"
+
+    rows = [
+        ("MACs", f"{o['macs'] / 1e6:.2f} M", f"{c['macs'] / 1e6:.2f} M", ratio(o["macs"], c["macs"])),
+        ("params", f"{o['params'] / 1e6:.3f} M", f"{c['params'] / 1e6:.3f} M", ratio(o["params"], c["params"])),
+        ("ONNX file", f"{o['onnx_bytes'] / 1024:.0f} KiB", f"{c['onnx_bytes'] / 1024:.0f} KiB",
+         ratio(o["onnx_bytes"], c["onnx_bytes"])),
+        ("accuracy", pct(o["accuracy"]), pct(c["accuracy"]),
+         "" if o["accuracy"] is None or c["accuracy"] is None
+         else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pt"),
+    ]
+    for key, lat in o["latency_ms"].items():
+        if key.startswith("batch_"):
+            cl = c["latency_ms"][key]
+            rows.append((f"ORT latency {key.replace('_', ' ')} p50 / p90", f"{lat['p50']:.3f} / {lat['p90']:.3f} ms",
+                         f"{cl['p50']:.3f} / {cl['p90']:.3f} ms", f"{lat['p50'] / cl['p50']:.2f}x faster"))
+    return rows
+
+
+def markdown(rep: dict) -> str:
+    """The report as Markdown."""
+    (metric, target), = rep["target"].items()
+    acc = rep["accuracy"]
+    lines = [
+        "# ibprune report", "",
+        f"Target: {metric} <= {target:.3f} of the original; achieved MACs {rep['achieved']['macs']:.3f}, "
+        f"params {rep['achieved']['params']:.3f}.", "",
+        "| | original | compressed | change |", "| --- | --- | --- | --- |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(rep)),
+        "",
+        f"Latency: onnxruntime CPU, {rep['original']['latency_ms']['threads']} thread(s); "
+        f"ONNX opset {rep['onnx']['opset']}, max |ORT - PyTorch| = {rep['onnx']['max_abs_diff']:.2g}.", "",
+        "## Accuracy along the pipeline", "",
+        "| stage | accuracy |", "| --- | --- |",
+        *(f"| {k} | {'n/a' if v is None else f'{100 * v:.2f} %'} |" for k, v in acc.items()),
+        "",
+        "`gated`: with the trained gates (eval, z = mu); `pruned`: channels removed, before fine-tuning.", "",
+        "## Channels kept per group", "",
+        "| group | kept / total | information (nats, sum) |", "| --- | --- | --- |",
+        *(f"| `{name}` | {v['kept']} / {v['total']} | {rep['gates']['information_nats'][name]:.2f} |"
+          for name, v in rep["pruned_channels"].items()),
+        "",
+        "## Time per stage", "",
+        "| stage | seconds |", "| --- | --- |",
+        *(f"| {k} | {v:.1f} |" for k, v in rep["timings_s"].items()),
+        "",
+        f"Environment: torch {rep['environment']['torch']}, device {rep['environment']['device']}, "
+        f"{rep['environment']['threads']} torch threads.", "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(rep: dict) -> str:
+    """A short plain-text table for the terminal."""
+    rows = [("", "original", "compressed", "")] + _rows(rep)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models and loaders that make every test fast on a 2-core CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ibprune.models import DigitsNet
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def digits_net() -> DigitsNet:
+    """A randomly initialised demo CNN with BN statistics that are not the identity."""
+    net = DigitsNet(width=16)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def _random_loader(shape=(1, 8, 8), n: int = 32, batch: int = 8, classes: int = 10) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+@pytest.fixture
+def random_loader():
+    """Factory of loaders over random images and labels: exercises every stage, learns nothing."""
+    return _random_loader

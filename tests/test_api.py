@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+import torchvision
+
+import ibprune
+from ibprune.api import budget_of
+from ibprune.errors import BudgetError
+
+FAST = {"gate_epochs": 1.0, "finetune_epochs": 1.0, "latency_runs": 3, "bench_batch": 4, "verbose": False}
+
+
+def test_compress_end_to_end_on_tiny_data(digits_net, random_loader, tmp_path):
+    state = {k: v.clone() for k, v in digits_net.state_dict().items()}
+    loader = random_loader()
+    result = ibprune.compress(digits_net, loader, loader, macs=0.5, out_dir=tmp_path, round_to=1, **FAST)
+    rep = result.report
+    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "model.onnx", "original.onnx",
+                                                    "compressed.pt"}
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(rep))
+    assert rep["schema"] == 1 and rep["target"] == {"macs": 0.5}
+    for side in ("original", "compressed"):
+        entry = rep[side]
+        assert {"macs", "params", "onnx_bytes", "accuracy", "latency_ms"} <= set(entry)
+        assert {"batch_1", "batch_4", "threads"} <= set(entry["latency_ms"])
+    assert 0.47 <= rep["compressed"]["macs"] / rep["original"]["macs"] <= 0.5
+    assert rep["onnx"]["max_abs_diff"] <= 1e-4 and rep["onnx"]["opset"] >= 17
+    assert set(rep["timings_s"]) == {"gates", "prune", "finetune", "export", "benchmark"}
+    assert {"torch", "device", "threads"} <= set(rep["environment"])
+    assert sum(v["kept"] for v in rep["pruned_channels"].values()) < sum(
+        v["total"] for v in rep["pruned_channels"].values())
+    assert result.model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    # the user's model is untouched
+    assert all(torch.equal(v, state[k]) for k, v in digits_net.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in digits_net.modules())
+
+
+def test_params_budget(digits_net, random_loader):
+    loader = random_loader()
+    result = ibprune.compress(digits_net, loader, params=0.6, round_to=1, **FAST)
+    assert result.report["achieved"]["params"] <= 0.6
+    assert result.report["original"]["accuracy"] is None
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_budget_holds_on_torchvision_models(name, random_loader):
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    loader = random_loader(shape=(3, 32, 32), n=16, batch=8)
+    result = ibprune.compress(model, loader, macs=0.5, **FAST)
+    achieved = result.report["achieved"]["macs"]
+    assert 0.47 <= achieved <= 0.5
+    assert result.report["onnx"]["max_abs_diff"] <= 1e-4 * max(1.0, 10.0)
+    assert all(v["kept"] % 8 == 0 for v in result.report["pruned_channels"].values())
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, "exactly one budget"),
+    ({"macs": 0.5, "params": 0.5}, "exactly one budget"),
+    ({"macs": 1.5}, "fraction in \\(0, 1\\)"),
+    ({"params": 0.0}, "fraction in \\(0, 1\\)"),
+])
+def test_bad_budgets_are_refused(kwargs, message):
+    with pytest.raises(BudgetError, match=message):
+        budget_of(kwargs.get("macs"), kwargs.get("params"))
+
+
+def test_demo_meets_its_promise():
+    """The README's claim: the digits CNN at <= 50 % MACs stays within 2 points of its accuracy."""
+    from ibprune.data import digits_loaders
+    from ibprune.demo import DEMO, pretrained_digits_net
+
+    train, test = digits_loaders()
+    result = ibprune.compress(pretrained_digits_net(), train, test, latency_runs=5, verbose=False, **DEMO)
+    rep = result.report
+    assert rep["achieved"]["macs"] <= 0.5
+    assert rep["compressed"]["accuracy"] >= rep["original"]["accuracy"] - 0.02

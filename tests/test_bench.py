@@ -1,0 +1,23 @@
+import torch
+
+from ibprune.bench import default_threads, latency, profile
+from ibprune.export import export_onnx
+
+
+def test_profile_reports_size_and_latency(digits_net, tmp_path):
+    x = torch.randn(1, 1, 8, 8)
+    path = export_onnx(digits_net, x, tmp_path / "m.onnx")
+    entry = profile(digits_net, path, x, batch_sizes=(1, 4), runs=5, accuracy=0.5)
+    assert entry["macs"] > 0 and entry["params"] == sum(p.numel() for p in digits_net.parameters())
+    assert entry["onnx_bytes"] == path.stat().st_size
+    assert entry["accuracy"] == 0.5
+    assert entry["latency_ms"]["threads"] == default_threads()
+    for key in ("batch_1", "batch_4"):
+        lat = entry["latency_ms"][key]
+        assert 0 < lat["p50"] <= lat["p90"]
+
+
+def test_latency_respects_the_thread_count(digits_net, tmp_path):
+    path = export_onnx(digits_net, torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
+    lat = latency(path, torch.randn(1, 1, 8, 8), batch=2, threads=1, warmup=1, runs=3)
+    assert set(lat) == {"p50", "p90"}

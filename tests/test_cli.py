@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ibprune.cli import main
+
+QUICK = ["--gate-epochs", "0.2", "--finetune-epochs", "0.2", "--latency-runs", "3", "--bench-batch", "4"]
+
+
+def test_help_is_useful():
+    out = subprocess.run([sys.executable, "-m", "ibprune.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout and "compress" in out.stdout and "run" in out.stdout
+    for sub in ("demo", "compress", "run"):
+        out = subprocess.run([sys.executable, "-m", "ibprune.cli", sub, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_compress_from_flags(tmp_path):
+    out = tmp_path / "run"
+    code = main(["--quiet", "compress", "--model", "ibprune.models:DigitsNet", "--num-classes", "10",
+                 "--data", "digits", "--macs", "0.6", "--out", str(out), *QUICK])
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["achieved"]["macs"] <= 0.6 and rep["compressed"]["accuracy"] is not None
+    assert (out / "model.onnx").is_file()
+
+
+def test_run_a_recipe(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+[model]
+spec = "ibprune.models:DigitsNet"
+[data]
+source = "digits"
+[budget]
+params = 0.6
+[train]
+gate_epochs = 0.2
+finetune_epochs = 0.2
+round_to = 1
+[output]
+dir = "{tmp_path / 'out'}"
+latency_runs = 3
+bench_batch = 4
+""")
+    assert main(["--quiet", "run", str(recipe)]) == 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["target"] == {"params": 0.6} and rep["achieved"]["params"] <= 0.6
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["compress", "--model", "ibprune.models:DigitsNet", "--data", "digits", "--macs", "2", "--out", "x"],
+     "fraction in (0, 1)"),
+    (["compress", "--model", "nope", "--data", "digits", "--macs", "0.5", "--out", "x"], "model spec"),
+    (["compress", "--model", "ibprune.models:DigitsNet", "--weights", "missing.pt", "--data", "digits",
+      "--macs", "0.5", "--out", "x"], "weights file not found"),
+    (["compress", "--model", "ibprune.models:DigitsNet", "--data", "/no/such/dir", "--macs", "0.5",
+      "--out", "x"], "data folder not found"),
+    (["run", "missing.toml"], "recipe not found"),
+])
+def test_bad_input_is_one_clear_line(capsys, args, message):
+    assert main(["--quiet", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ibprune: error:") and message in err[0]

@@ -1,0 +1,112 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ibprune.costs import CostModel, count
+from ibprune.errors import BudgetError, PruningMismatchError
+from ibprune.gates import GateSet
+from ibprune.groups import find_groups
+from ibprune.prune import plan_removal, prune_to_budget, remove_channels, scores
+
+X = torch.randn(1, 1, 8, 8)
+
+
+def _setup(net):
+    _, groups = find_groups(net, X)
+    cost_model = CostModel(net, X, groups)
+    gates = GateSet(groups).attach(net)
+    return groups, cost_model, gates
+
+
+def test_removes_exactly_the_least_informative_channels(digits_net):
+    groups, cost_model, gates = _setup(digits_net)
+    inner = next(g for g in groups if g.name == "features.3.body.0")
+    chosen = [1, 4, 6, 11, 13]
+    with torch.no_grad():
+        gates[inner.name].mu[chosen] = 0.01  # ~1e-5 nats instead of ~3
+    keep = {inner.name: torch.ones(inner.size)}
+    keep[inner.name][chosen] = 0
+    target = cost_model.fraction(keep) + 1e-6
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, target, round_to=1)
+    assert result.removed == {inner.name: sorted(chosen)} or sorted(result.removed[inner.name]) == chosen
+    assert set(result.removed) == {inner.name}
+    kept = [c for c in range(inner.size) if c not in chosen]
+    # the surviving filters are the original ones, in order
+    assert torch.equal(result.model.features[3].body[0].weight, digits_net.features[3].body[0].weight[kept])
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
+def test_budget_holds_and_output_shape_is_unchanged(digits_net, target):
+    groups, cost_model, gates = _setup(digits_net)
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(0.1, 1.0)
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, target, round_to=1)
+    macs = count(result.model, X)[0] / count(digits_net, X)[0]
+    assert target - 0.03 <= macs <= target
+    assert result.fraction == pytest.approx(macs)
+    assert result.model(torch.randn(5, 1, 8, 8)).shape == (5, 10)
+    assert result.max_abs_diff < 1e-4
+    assert not any(m._forward_pre_hooks for m in result.model.modules())
+
+
+def test_round_to_keeps_multiples(digits_net):
+    groups, cost_model, gates = _setup(digits_net)
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(0.1, 1.0)
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.6, round_to=4)
+    for g in groups:
+        assert (g.size - len(result.removed.get(g.name, []))) % 4 == 0
+
+
+def test_gated_and_pruned_models_agree_after_fold(digits_net):
+    groups, cost_model, gates = _setup(digits_net)
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(-1.0, 2.0)
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.5, round_to=1)
+    probe = torch.randn(6, 1, 8, 8)
+    gates.eval()
+    with gates.shut(result.removed):
+        gated = digits_net(probe)
+    assert torch.allclose(result.model(probe), gated, atol=1e-5)
+
+
+def test_budget_below_the_narrowest_network_is_refused(digits_net):
+    groups, cost_model, gates = _setup(digits_net)
+    score = scores(gates.information(), cost_model.channel_costs())
+    with pytest.raises(BudgetError, match="narrowest network"):
+        plan_removal(score, cost_model, 0.001)
+
+
+class PadShortcut(nn.Module):
+    """A channel-dimension F.pad shortcut: torch-pruning takes it for an elementwise op and mis-prunes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.stem(x)))
+        y = self.bn2(self.conv(h)) + F.pad(h, (0, 0, 0, 0, 4, 4))
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+def test_a_missed_coupling_fails_naming_the_group():
+    net = PadShortcut().eval()
+    groups, cost_model, gates = _setup(net)
+    with pytest.raises(PruningMismatchError, match="group\\(s\\): stem"):
+        prune_to_budget(net, gates, groups, X, cost_model, 0.6, round_to=1)
+
+
+def test_remove_channels_prunes_in_place(digits_net):
+    net = copy.deepcopy(digits_net)
+    remove_channels(net, X, {"features.3.body.0": [0, 1, 2]})
+    assert net.features[3].body[0].out_channels == 13
+    assert net.features[3].body[3].in_channels == 13
