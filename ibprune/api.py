@@ -135,6 +135,10 @@ def compress(
     recalibrate_bn(slim, train_loader, dev)
     acc["pruned_bn_recalibrated"] = evaluate(slim, val_loader, dev) if val_loader is not None else None
     timings["prune"] = time.perf_counter() - t0
+    notes = []
+    if pruned.fraction < target - 0.03:
+        notes.append(f"achieved {metric} {pruned.fraction:.3f} is more than 0.03 below the budget {target:.3f}: "
+                     f"the channel widths (round_to={round_to}) allow no closer fit")
     log(f"[ibprune] pruned to {pruned.fraction:.3f} of the original {metric} "
         f"(function check max diff {pruned.max_abs_diff:.2g}); accuracy {_fmt(acc)}")
 
@@ -180,6 +184,7 @@ def compress(
                       "beta_fixed": beta is not None, "open_fraction_final": controller.open_fraction,
                       "information_nats": {g.name: float(information[g.name].sum()) for g in groups}},
             "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr},
+            "notes": notes,
             "timings_s": timings,
             "environment": {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
                             "python": platform.python_version(), "machine": platform.machine()},

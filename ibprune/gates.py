@@ -86,8 +86,10 @@ class GateSet(nn.Module):
         # closures, not bound methods: a deepcopy of the gated model (e.g. by a MACs counter) then shares this
         # GateSet instead of half-copying it
         self._handles.append(model.register_forward_pre_hook(lambda m, a, k: self._draw(m, a, k), with_kwargs=True))
+        device = self.gates[next(iter(self.gates))].mu.device  # index tensors live beside the gates
         for layer, entries in self._sites.items():
             dim = 1 if isinstance(modules[layer], nn.modules.conv._ConvNd) else -1
+            entries = [(key, ch.to(device), pos.to(device)) for key, ch, pos in entries]
             self._handles.append(modules[layer].register_forward_pre_hook(self._gate_hook(entries, dim)))
         return self
 
@@ -116,8 +118,7 @@ class GateSet(nn.Module):
             rows = rows if rows == x.shape[0] else 1
             m = torch.ones(rows, channels, device=x.device, dtype=self._z[entries[0][0]].dtype)
             for key, ch, pos in entries:
-                z = self._z[key][:rows]
-                m[:, ch.to(x.device)] = z[:, pos.to(z.device)].expand(rows, -1)
+                m[:, ch] = self._z[key][:rows, pos].expand(rows, -1)
             shape = [rows, channels] + [1] * (x.dim() - 2) if dim == 1 else [rows] + [1] * (x.dim() - 2) + [channels]
             return (x * m.view(shape).to(x.dtype), *args[1:])
         return hook

@@ -38,79 +38,77 @@ def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.
 
 
 def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: float,
-                 round_to: int | None = None, min_channels: int = 1) -> dict[str, list[int]]:
-    """The fewest lowest-score channels whose removal brings the estimated cost fraction to ``<= target``.
+                 round_to: int | None = None, min_channels: int = 1, tolerance: float = 0.03) -> dict[str, list[int]]:
+    """Which channels to remove so the estimated cost fraction is ``<= target`` (and, where the widths allow it,
+    ``>= target - tolerance``), discarding as little score as possible.
 
     Channels leave in blocks: within a group, in order of rising score, ``round_to`` at a time (the first block
     takes the remainder) so that every group keeps a multiple of ``round_to``, and at least ``min_channels``.
-    Blocks of all groups are ranked together by their mean score; the cost falls monotonically along that
-    ranking, so a binary search finds the shortest prefix that meets the budget.
+    Blocks of all groups are ranked together by mean score and the shortest prefix of that ranking that meets
+    the budget is taken (the cost falls monotonically along it, so a binary search finds it). Coarse blocks can
+    overshoot by a whole block; then blocks are given back, or traded for a cheaper block of another group,
+    while the budget holds, losing the least score.
     """
     step = max(1, round_to or 1)
-    blocks: list[tuple[float, str, list[int]]] = []
+    floor = max(min_channels, step)
+    per_group: dict[str, list[tuple[float, list[int]]]] = {}  # group -> its blocks, in the order they leave
     for name, s in score.items():
         order = torch.argsort(s, stable=True).tolist()
-        size, floor = len(order), max(min_channels, step if round_to else min_channels)
-        start = 0
-        while True:
-            width = (size - start) % step or step
-            if size - start - width < floor:
-                break
-            idxs = order[start:start + width]
-            blocks.append((float(s[idxs].mean()), name, idxs))
+        start, blocks = 0, []
+        while len(order) - start - ((len(order) - start) % step or step) >= floor:
+            width = (len(order) - start) % step or step
+            blocks.append((float(s[order[start:start + width]].sum()), order[start:start + width]))
             start += width
-    blocks.sort(key=lambda b: b[0])
+        per_group[name] = blocks
 
-    def removal(k: int) -> dict[str, list[int]]:
-        return _as_removal(blocks[:k])
+    def removal(counts: dict[str, int]) -> dict[str, list[int]]:
+        return {n: [i for _, idxs in per_group[n][:k] for i in idxs] for n, k in counts.items() if k}
 
-    def fraction(removed: dict[str, list[int]]) -> float:
+    def fraction(counts: dict[str, int]) -> float:
         keep = {}
-        for n, idxs in removed.items():
+        for n, idxs in removal(counts).items():
             keep[n] = torch.ones(cost_model.sizes[n])
             keep[n][idxs] = 0.0
         return cost_model.fraction(keep)
 
-    narrowest = fraction(removal(len(blocks)))
+    everything = {n: len(b) for n, b in per_group.items()}
+    narrowest = fraction(everything)
     if narrowest > target:
         raise BudgetError(
             f"budget {target:.3f} of the original {cost_model.metric} is below what the narrowest network "
-            f"reaches here ({narrowest:.3f}, keeping at least {max(min_channels, step)} channel(s) per group"
+            f"reaches here ({narrowest:.3f}, keeping at least {floor} channel(s) per group"
             + (f", widths multiples of {round_to}" if round_to else "") + ")")
-    lo, hi = 0, len(blocks)  # the smallest k with fraction <= target lies in [lo, hi]
+    ranking = sorted(((total / len(idxs), n) for n, blocks in per_group.items() for total, idxs in blocks),
+                     key=lambda b: b[0])
+
+    def prefix(k: int) -> dict[str, int]:
+        counts = dict.fromkeys(per_group, 0)
+        for _, n in ranking[:k]:
+            counts[n] += 1
+        return counts
+
+    lo, hi = 0, len(ranking)  # the smallest k with fraction <= target lies in [lo, hi]
     while lo < hi:
         mid = (lo + hi) // 2
-        if fraction(removal(mid)) <= target:
+        if fraction(prefix(mid)) <= target:
             hi = mid
         else:
             lo = mid + 1
-    return _restore_while_within(blocks[:lo], fraction, target)
-
-
-def _restore_while_within(chosen: list[tuple[float, str, list[int]]], fraction, target: float) -> dict[str, list[int]]:
-    """Give back removed blocks (a group's last one first, most informative first) while the budget still holds.
-
-    Coarse blocks (``round_to``) can overshoot the budget by a whole block; this closes most of that gap.
-    """
-    chosen = list(chosen)
-    while True:
-        last = {}
-        for i, (_, name, _) in enumerate(chosen):
-            last[name] = i  # a group's blocks leave in order, so only its last one can come back
-        for i in sorted(last.values(), key=lambda i: -chosen[i][0]):
-            trial = chosen[:i] + chosen[i + 1:]
-            if fraction(_as_removal(trial)) <= target:
-                chosen = trial
-                break
-        else:
-            return _as_removal(chosen)
-
-
-def _as_removal(blocks: list[tuple[float, str, list[int]]]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for _, name, idxs in blocks:
-        out.setdefault(name, []).extend(idxs)
-    return out
+    counts = prefix(lo)
+    current = fraction(counts)
+    while current < target - tolerance:
+        moves = []  # (score lost, counts): give back a group's last block, or trade it for another's next one
+        for a in (n for n, k in counts.items() if k):
+            back = {**counts, a: counts[a] - 1}
+            moves.append((-per_group[a][counts[a] - 1][0], back))
+            for b in (n for n, k in counts.items() if n != a and k < everything[n]):
+                moves.append((per_group[b][counts[b]][0] - per_group[a][counts[a] - 1][0],
+                              {**back, b: counts[b] + 1}))
+        fits = [(lost, c, f) for lost, c in moves if current < (f := fraction(c)) <= target]
+        if not fits:
+            break
+        _, counts, current = min(fits, key=lambda m: m[0])
+    return removal(counts)
 
 
 def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict[str, list[int]]) -> nn.Module:

@@ -48,6 +48,7 @@ def markdown(rep: dict) -> str:
         "# ibprune report", "",
         f"Target: {metric} <= {target:.3f} of the original; achieved MACs {rep['achieved']['macs']:.3f}, "
         f"params {rep['achieved']['params']:.3f}.", "",
+        *(f"> Note: {n}" for n in rep.get("notes", [])),
         "| | original | compressed | change |", "| --- | --- | --- | --- |",
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(rep)),
         "",

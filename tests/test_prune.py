@@ -110,3 +110,20 @@ def test_remove_channels_prunes_in_place(digits_net):
     remove_channels(net, X, {"features.3.body.0": [0, 1, 2]})
     assert net.features[3].body[0].out_channels == 13
     assert net.features[3].body[3].in_channels == 13
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coarse_widths_still_land_near_the_budget(seed):
+    from ibprune.models import DigitsNet
+
+    net = DigitsNet(width=32).eval()
+    _, groups = find_groups(net, X)
+    cost_model = CostModel(net, X, groups)
+    g = torch.Generator().manual_seed(seed)
+    score = {gr.name: torch.rand(gr.size, generator=g) for gr in groups}
+    removed = plan_removal(score, cost_model, 0.5, round_to=8)
+    keep = {n: torch.ones(cost_model.sizes[n]) for n in removed}
+    for n, idxs in removed.items():
+        keep[n][idxs] = 0
+        assert (cost_model.sizes[n] - len(idxs)) % 8 == 0
+    assert 0.47 <= cost_model.fraction(keep) <= 0.5
