@@ -14,11 +14,12 @@ from torch import nn
 
 from ibprune import bench, export, report
 from ibprune.costs import CostModel, count
+from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
 from ibprune.files import atomic_path
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
-from ibprune.objective import BudgetController, calibrate_beta
+from ibprune.objective import GatePressure, calibrate_beta
 from ibprune.prune import prune_to_budget
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
@@ -61,6 +62,7 @@ def compress(
     beta: float | None = None,
     distill: bool = False,
     round_to: int | None = 8,
+    criterion: str = "ib",
     ignored_layers: list[nn.Module] | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
@@ -75,6 +77,9 @@ def compress(
     is fine-tuned for ``finetune_epochs`` (``distill=True``: from the original as teacher), and both models are
     exported to ONNX, checked with onnxruntime and benchmarked. With ``out_dir`` the report, both ONNX files and
     the compressed model are written there. ``model`` itself is never modified.
+
+    ``criterion`` other than ``"ib"`` ("l1", "bn", "taylor", "random": torch-pruning's criteria) skips the gate
+    phase and ranks channels by that criterion instead, for comparisons in one harness.
 
     ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
     (a digits CNN at half its MACs ran 1.5x *slower* in onnxruntime unrounded); ``round_to=1`` for exact widths.
@@ -101,24 +106,27 @@ def compress(
     log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
         f"{orig_macs / 1e6:.2f} M MACs, {orig_params / 1e6:.3f} M params; target {metric} <= {target:.3f}")
 
+    importance = None
+    if criterion != "ib":
+        importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
+        gate_epochs = 0.0
     gates = GateSet(groups).to(dev).attach(work)
     gate_steps = steps_for(gate_epochs, train_loader)
     gates.train()
     work.train()
-    beta0 = beta if beta is not None else calibrate_beta(work, gates, weights, train_loader, dev)
-    controller = BudgetController(cost_model, target, gate_steps, beta=beta0, fixed=beta is not None)
+    beta0 = beta if beta is not None or not gate_steps else calibrate_beta(work, gates, weights, train_loader, dev)
+    pressure = GatePressure(gates, cost_model, target, gate_steps, beta0 or 0.0, round_to)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_gate_step(step: int) -> dict:
         with torch.no_grad():
             for g in gates.gates.values():
-                g.log_sigma2.clamp_(-12.0, 6.0)
-        b = controller.update(gates)
-        return {"beta": f"{b:.2g}", "open": f"{controller.open_fraction:.2f}"}
+                g.log_sigma2.clamp_(-12.0, 0.0)  # noise at most as large as the signal it gates
+        return pressure.update(step)
 
     fit(work, train_loader, gate_steps, dev, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
-        extra_optimizers=[gate_opt], penalty=lambda: controller.beta * gates.weighted_kl(weights),
-        after_step=after_gate_step, desc="gates", verbose=verbose)
+        extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_gate_step, desc="gates",
+        verbose=verbose)
     gates.eval()
     if gate_steps:
         recalibrate_bn(work, train_loader, dev)
@@ -126,9 +134,9 @@ def compress(
     timings["gates"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    information = gates.information()
+    information = gates.information() if importance is None else importance
     pruned = prune_to_budget(work, gates, groups, example_input, cost_model, target, round_to,
-                             original_cost=orig_macs if metric == "macs" else orig_params)
+                             original_cost=orig_macs if metric == "macs" else orig_params, importance=importance)
     gates.detach()
     slim = pruned.model
     acc["pruned"] = evaluate(slim, val_loader, dev) if val_loader is not None else None
@@ -180,9 +188,11 @@ def compress(
             "pruned_channels": {g.name: {"kept": g.size - len(pruned.removed.get(g.name, [])), "total": g.size}
                                 for g in groups},
             "accuracy": acc,
-            "gates": {"epochs": gate_epochs, "steps": gate_steps, "beta_initial": beta0, "beta_final": controller.beta,
-                      "beta_fixed": beta is not None, "open_fraction_final": controller.open_fraction,
-                      "information_nats": {g.name: float(information[g.name].sum()) for g in groups}},
+            "criterion": criterion,
+            "gates": {"epochs": gate_epochs, "steps": gate_steps, "beta_explore": beta0, "beta_final": pressure.beta,
+                      "beta_given": beta is not None, "still_open_to_remove": pressure.open_to_remove(),
+                      "information_nats": {g.name: float(information[g.name].sum()) for g in groups}
+                      if importance is None else None},
             "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr},
             "notes": notes,
             "timings_s": timings,

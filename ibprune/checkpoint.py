@@ -44,14 +44,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load ``path`` into ``model`` strictly; a mismatch lists the missing and unexpected keys."""
     state = read_state_dict(path)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unexpected = [], []
+    if not wrong:
+        # modules may accept a checkpoint without some of their keys (e.g. a fixed shortcut conv)
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected or wrong:
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
                  for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                      ("shape mismatches", wrong)) if keys]
         raise CheckpointError(f"{path} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
     return model

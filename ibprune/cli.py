@@ -39,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
     c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
     c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
-    c.add_argument("--data", required=True, help="'digits', or an ImageFolder root with train/ and val/ (or test/)")
+    c.add_argument("--data", required=True,
+                   help="'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's cifar-10-batches-py, or "
+                        "train/ + test/ class folders; decoded once, cached); or an ImageFolder root with train/ "
+                        "and val/ (or test/)")
     c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--workers", type=int, default=2, help="data loader processes")

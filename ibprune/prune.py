@@ -138,14 +138,16 @@ def verify(reference: torch.Tensor, pruned: torch.Tensor, rtol: float = 1e-4) ->
 
 def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor,
                     cost_model: CostModel, target: float, round_to: int | None = None,
-                    original_cost: int | None = None, check_batch: int = 4) -> PruneResult:
+                    original_cost: int | None = None, check_batch: int = 4,
+                    importance: dict[str, torch.Tensor] | None = None) -> PruneResult:
     """Slim copy of ``model`` (gates attached) at ``<= target`` of the original cost, gate means folded in.
 
-    The estimate steers, torch-pruning's count decides: if the counted fraction exceeds ``target`` the plan is
+    Channels are ranked by the gates' information, or by ``importance`` (another criterion) when given. The
+    estimate steers, torch-pruning's count decides: if the counted fraction exceeds ``target`` the plan is
     redone with a tighter internal target. ``model`` itself is left as it was.
     """
     device = next(model.parameters()).device
-    info = gates.information()
+    info = importance if importance is not None else gates.information()
     score = scores(info, cost_model.channel_costs())
     original_cost = original_cost or int(cost_model.total)
     probe = torch.randn(check_batch, *example_input.shape[1:], device=device, dtype=example_input.dtype)

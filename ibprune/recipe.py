@@ -79,9 +79,17 @@ def load_recipe(path: str | Path) -> Job:
             section = next(s for s, fs in SECTIONS.items() if required in fs)
             key = next((k for (s, k), f in _ALIASES.items() if f == required), required)
             raise RecipeError(f"{path}: missing key '{key}' in [{section}]")
-    if not Path(values["data"]).is_absolute() and Path(path.parent, values["data"]).exists():
-        values["data"] = str(Path(path.parent, values["data"]))
+    # relative paths in a recipe are relative to the recipe's folder
+    if values.get("weights"):
+        values["weights"] = _beside(path, values["weights"])
+    prefix, _, rest = values["data"].rpartition(":")
+    if values["data"] != "digits":
+        values["data"] = (prefix + ":" if prefix else "") + _beside(path, rest)
     return Job(**values)
+
+
+def _beside(recipe: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str(Path(recipe.parent, value))
 
 
 def _keys(section: str) -> list[str]:
@@ -111,6 +119,12 @@ def run_job(job: Job, verbose: bool = True):
         load_weights(model, job.weights)
     if job.data == "digits":
         train, val = digits_loaders(job.batch_size, job.seed)
+    elif job.data.startswith("cifar10:"):
+        from ibprune.cifar import cifar10_loaders
+        from ibprune.train import pick_device
+
+        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], job.batch_size, pick_device(job.device),
+                                        seed=job.seed)
     else:
         if not Path(job.data).is_dir():
             raise FileNotFoundError(f"data folder not found: {job.data} (give a folder or 'digits')")

@@ -40,6 +40,11 @@ def _rows(rep: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _nats(rep: dict, group: str) -> str:
+    info = rep["gates"].get("information_nats")
+    return "n/a" if info is None else f"{info[group]:.2f}"
+
+
 def markdown(rep: dict) -> str:
     """The report as Markdown."""
     (metric, target), = rep["target"].items()
@@ -61,7 +66,7 @@ def markdown(rep: dict) -> str:
         "`gated`: with the trained gates (eval, z = mu); `pruned`: channels removed, before fine-tuning.", "",
         "## Channels kept per group", "",
         "| group | kept / total | information (nats, sum) |", "| --- | --- | --- |",
-        *(f"| `{name}` | {v['kept']} / {v['total']} | {rep['gates']['information_nats'][name]:.2f} |"
+        *(f"| `{name}` | {v['kept']} / {v['total']} | {_nats(rep, name)} |"
           for name, v in rep["pruned_channels"].items()),
         "",
         "## Time per stage", "",

@@ -39,3 +39,22 @@ def _random_loader(shape=(1, 8, 8), n: int = 32, batch: int = 8, classes: int = 
 def random_loader():
     """Factory of loaders over random images and labels: exercises every stage, learns nothing."""
     return _random_loader
+
+
+@pytest.fixture
+def image_tree():
+    """Factory writing an ImageFolder tree of random PNGs: ``root/<split>/<class>/<i>.png``."""
+    import numpy as np
+    from PIL import Image
+
+    def make(root, splits=("train", "val"), classes=("cat", "dog"), per_class=3, size=20):
+        rng = np.random.default_rng(0)
+        for split in splits:
+            for cls in classes:
+                (root / split / cls).mkdir(parents=True)
+                for i in range(per_class):
+                    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+        return root
+
+    return make

@@ -1,6 +1,4 @@
-import numpy as np
 import pytest
-from PIL import Image
 
 from ibprune.data import digits_loaders, digits_tensors, image_folder_loaders
 
@@ -15,13 +13,8 @@ def test_digits_split_is_disjoint_and_standardised():
     assert xb.shape == (32, 1, 8, 8) and yb.max() <= 9
 
 
-def test_image_folder(tmp_path):
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(3):
-                img = (np.random.rand(20, 20, 3) * 255).astype("uint8")
-                Image.fromarray(img).save(tmp_path / split / cls / f"{i}.png")
+def test_image_folder(tmp_path, image_tree):
+    image_tree(tmp_path)
     train, val = image_folder_loaders(tmp_path, input_size=16, batch_size=4, workers=0)
     x, y = next(iter(train))
     assert x.shape == (4, 3, 16, 16)

@@ -50,3 +50,22 @@ def test_malformed_recipes_name_the_problem(tmp_path, text, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "nope.toml")
+
+
+def test_input_paths_are_relative_to_the_recipe(tmp_path):
+    text = GOOD.replace('source = "digits"', 'source = "cifar10:data/c10"').replace(
+        "num_classes = 10", 'weights = "w.pt"')
+    job = load_recipe(_write(tmp_path, text))
+    assert job.data == f"cifar10:{tmp_path / 'data/c10'}" and job.weights == str(tmp_path / "w.pt")
+    assert job.out == "out"  # outputs stay relative to where ibprune runs
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar10_resnet56"])
+def test_the_cifar_recipes_load(name):
+    from pathlib import Path
+
+    job = load_recipe(f"pipelines/{name}.toml")
+    shared = Path("pipelines").resolve().parent.parent / "shared"
+    assert Path(job.weights).resolve().parent == (shared / "models" / "cifar10-resnet").resolve()
+    prefix, folder = job.data.split(":", 1)
+    assert prefix == "cifar10" and Path(folder).resolve() == (shared / "data" / "cifar10-jpeg").resolve()

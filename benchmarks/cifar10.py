@@ -1,0 +1,209 @@
+"""Criteria benchmark on CIFAR-10 (JPEG): does IB pruning beat the usual criteria at equal budget?
+
+Every cell (model, method, budget, seed) is one resumable run writing its own JSON under
+``benchmarks/results/cifar10/cells/``; a finished cell is skipped, so the grid can be spread over sittings.
+All methods see the same data, augmentation, seeds and total number of epochs:
+
+* ``ib``: ``--gate-epochs`` of gate training, then ``epochs - gate_epochs`` of fine-tuning;
+* ``l1``, ``bn``, ``taylor``, ``random``: torch-pruning's criteria, one-shot prune, ``epochs`` of fine-tuning;
+* ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data).
+
+5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
+accuracy is on the 10,000 test images.
+
+Reproduce (2 CPU cores, about 4 minutes a ResNet-20 cell):
+    python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 --seeds 0 1
+    python benchmarks/cifar10.py aggregate
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import ibprune
+from ibprune import bench, export
+from ibprune.checkpoint import load_weights
+from ibprune.cifar import cifar10_loaders
+from ibprune.files import write_json, write_text
+from ibprune.models import cifar_resnet
+from ibprune.train import SGDConfig, evaluate, fit, pick_device, steps_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RESULTS = Path(__file__).parent / "results"
+CELLS = RESULTS / "cifar10" / "cells"
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
+METHODS = ("ib", "l1", "bn", "taylor", "random", "dense")
+PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
+    ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
+    ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.64, 2.57),
+    ("Group-L1", "resnet56", 93.53, 92.93, 2.12),
+    ("ResRep", "resnet56", 93.71, 93.71, 2.12),
+    ("HRank", "resnet56", 93.26, 93.17, 2.00),
+]
+
+
+def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
+    tag = "dense" if method == "dense" else f"{method}-macs{budget:.2f}"
+    return CELLS / f"{model}-e{epochs:g}-{tag}-s{seed}.json"
+
+
+def pretrained(model: str) -> torch.nn.Module:
+    net = getattr(cifar_resnet, f"cifar_{model}")()
+    return load_weights(net, SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]).eval()
+
+
+def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
+    device = pick_device(args.device)
+    torch.manual_seed(seed)
+    train, val, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
+                                       seed=seed)
+    net = pretrained(args.model)
+    example = torch.randn(1, 3, 32, 32)
+    t0 = time.perf_counter()
+    if method == "dense":
+        net.to(device)
+        fit(net, train, steps_for(args.epochs, train), device, SGDConfig(lr=args.lr), desc="dense")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export.export_onnx(net, example, Path(tmp) / "dense.onnx")
+            entry = bench.profile(net, path, example, batch_sizes=(1, 64))
+        stages = {"finetuned": evaluate(net, val, device)}
+        achieved = {"macs": 1.0, "params": 1.0}
+        timings = {"finetune": time.perf_counter() - t0}
+    else:
+        gate_epochs = args.gate_epochs if method == "ib" else 0.0
+        result = ibprune.compress(net, train, val, example_input=example, macs=budget, criterion=method,
+                                  gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
+                                  gate_lr=args.gate_lr, device=device, seed=seed, bench_batch=64,
+                                  distill=args.distill)
+        net, rep = result.model, result.report
+        entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
+    return {
+        "model": args.model, "method": method, "budget_macs": budget, "seed": seed, "epochs": args.epochs,
+        "gate_epochs": args.gate_epochs if method == "ib" else 0.0, "lr": args.lr, "distill": args.distill,
+        "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
+        "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"], "timings_s": timings,
+        "wall_s": time.perf_counter() - t0,
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "machine": platform.machine(), "python": platform.python_version()},
+    }
+
+
+def cmd_run(args) -> None:
+    if not (SHARED / "data" / "cifar10-jpeg").is_dir():
+        sys.exit(f"no CIFAR-10 data at {SHARED / 'data' / 'cifar10-jpeg'}")
+    cells = [(m, b, s) for s in args.seeds for b in args.budgets for m in args.methods if m != "dense"]
+    cells += [("dense", None, s) for s in args.seeds if "dense" in args.methods]
+    for method, budget, seed in cells:
+        path = cell_path(args.model, method, budget, seed, args.epochs)
+        if path.exists():
+            print(f"[skip] {path.name}")
+            continue
+        print(f"[run ] {path.name}", flush=True)
+        write_json(path, run_cell(args, method, budget, seed))
+        print(f"[done] {path.name}", flush=True)
+
+
+def cmd_aggregate(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [__import__("json").loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    if not cells:
+        sys.exit("no cells yet: run `python benchmarks/cifar10.py run` first")
+    rows: dict[tuple, list[dict]] = {}
+    for c in cells:
+        rows.setdefault((c["model"], c["epochs"], c["method"], c["budget_macs"]), []).append(c)
+    table = []
+    for (model, epochs, method, budget), cs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                     -(kv[0][3] or 1), kv[0][2])):
+        acc = torch.tensor([c["test_accuracy"] for c in cs]) * 100
+        table.append({
+            "model": model, "epochs": epochs, "method": method, "budget_macs": budget, "seeds": len(cs),
+            "test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()) if len(cs) > 1 else 0.0,
+            "test_accuracies": [float(a) for a in acc],
+            "macs_fraction": sum(c["achieved"]["macs"] for c in cs) / len(cs),
+            "params_fraction": sum(c["achieved"]["params"] for c in cs) / len(cs),
+            "pruned_val_accuracy": _mean([c["val_accuracy_by_stage"].get("pruned") for c in cs]),
+            "latency_b1_p50_ms": _mean([c["latency_ms"]["batch_1"]["p50"] for c in cs]),
+            "latency_b64_p50_ms": _mean([c["latency_ms"]["batch_64"]["p50"] for c in cs]),
+            "wall_s": _mean([c["wall_s"] for c in cs]),
+        })
+    env = cells[0]["environment"]
+    write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
+        {"method": m, "model": mo, "base": b, "pruned": p, "speedup": s} for m, mo, b, p, s in PUBLISHED],
+        "environment": env})
+    md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
+          f"Measured on {env['device']} ({env['threads']} torch threads, {env['machine']}), torch {env['torch']}. "
+          "Accuracy: top-1 on the 10,000 JPEG test images, mean ± std over seeds. Every method sees the same "
+          "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
+          "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images.", "",
+          "| model | epochs | method | MACs budget | MACs kept | params kept | test acc (%) | seeds "
+          "| pruned (val, %) | ORT p50 b1 / b64 (ms) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in table:
+        pv = "—" if r["pruned_val_accuracy"] is None else f"{100 * r['pruned_val_accuracy']:.1f}"
+        md.append(f"| {r['model']} | {r['epochs']:g} | {r['method']} | "
+                  f"{'—' if r['budget_macs'] is None else r['budget_macs']} | {r['macs_fraction']:.3f} | "
+                  f"{r['params_fraction']:.3f} | {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | "
+                  f"{r['seeds']} | {pv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f} |")
+    md += ["", "Published results (lossless CIFAR-10, 100+ fine-tune epochs on a GPU; quoted from the papers, "
+           "**not measured here** and not comparable with JPEG numbers):", "",
+           "| method | model | base acc | pruned acc | MACs reduction |", "| --- | --- | --- | --- | --- |",
+           *(f"| {m} | {mo} | {b} | {p} | {s}x |" for m, mo, b, p, s in PUBLISHED), "",
+           "Reproduce: `python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 "
+           "--seeds 0 1`, then `python benchmarks/cifar10.py aggregate`.", ""]
+    write_text(RESULTS / "cifar10.md", "\n".join(md))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        pts = [r for r in table if r["method"] == method]
+        if pts:
+            ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],
+                        yerr=[r["test_accuracy_std"] for r in pts], fmt="o" if method != "dense" else "*",
+                        ms=8 if method == "dense" else 6, capsize=3, label=method)
+    ax.set_xlabel("MACs kept (fraction of the original)")
+    ax.set_ylabel("test accuracy (%) on CIFAR-10 JPEG")
+    ax.set_title("Accuracy against MACs, equal epoch budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cifar10.png", dpi=120)
+    print("\n".join(md))
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the cells that have no result yet")
+    r.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    r.add_argument("--epochs", type=float, default=3.0, help="total epoch budget of every method")
+    r.add_argument("--gate-epochs", type=float, default=1.0, help="of those, the gate phase of `ib`")
+    r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--gate-lr", type=float, default=0.02)
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--distill", action="store_true")
+    r.add_argument("--device", default="auto")
+    sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
+    args = p.parse_args(argv)
+    cmd_run(args) if args.command == "run" else cmd_aggregate(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The usual channel-ranking criteria, from torch-pruning, for comparison with IB information.
+
+Each returns one score per channel of every group (higher = keep); the pruning step treats them exactly like
+the gates' information, so a baseline differs from ibprune's method in the ranking alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from ibprune.groups import ChannelGroup, build_graph
+from ibprune.train import batches
+
+CRITERIA = ("l1", "bn", "taylor", "random")
+
+
+def _importance(criterion: str) -> tp.importance.Importance:
+    if criterion == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if criterion == "bn":
+        return tp.importance.BNScaleImportance()
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if criterion == "random":
+        return tp.importance.RandomImportance()
+    raise ValueError(f"unknown criterion {criterion!r}; expected 'ib' or one of {CRITERIA}")
+
+
+def criterion_scores(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup], criterion: str,
+                     loader=None, device: torch.device | None = None,
+                     grad_batches: int = 10) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every group by torch-pruning's ``criterion`` (Taylor uses ``loader``'s batches)."""
+    importance = _importance(criterion)
+    graph = build_graph(model, example_input)
+    if criterion == "taylor":
+        if loader is None:
+            raise ValueError("the taylor criterion needs training batches (loader)")
+        model.zero_grad(set_to_none=True)
+        was_training = model.training
+        model.eval()
+        for x, y in batches(loader, min(grad_batches, len(loader))):
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    scores = {}
+    for g in groups:
+        root = modules[g.name]
+        pruner = graph.get_pruner_of_module(root)
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(g.size)))
+        scores[g.name] = importance(group).detach().float().cpu()
+    model.zero_grad(set_to_none=True)
+    return scores

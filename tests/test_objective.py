@@ -1,0 +1,55 @@
+import math
+
+import torch
+
+from ibprune.costs import CostModel
+from ibprune.gates import GateSet
+from ibprune.groups import find_groups
+from ibprune.objective import GatePressure, calibrate_beta
+
+X = torch.randn(1, 1, 8, 8)
+
+
+def _setup(net):
+    _, groups = find_groups(net, X)
+    cost_model = CostModel(net, X, groups)
+    return GateSet(groups).attach(net), cost_model
+
+
+def test_calibrated_beta_balances_the_gradients(digits_net, random_loader):
+    gates, cost_model = _setup(digits_net)
+    gates.train()
+    digits_net.train()
+    beta = calibrate_beta(digits_net, gates, cost_model.channel_costs(), random_loader(), torch.device("cpu"))
+    assert math.isfinite(beta) and beta > 0
+    assert calibrate_beta(digits_net, gates, cost_model.channel_costs(), random_loader(), torch.device("cpu"),
+                          scale=0.6) > beta  # proportional to the scale (up to the noise of the draws)
+
+
+def test_explore_then_squeeze(digits_net):
+    gates, cost_model = _setup(digits_net)
+    pressure = GatePressure(gates, cost_model, target=0.5, total_steps=10, beta=0.1, round_to=1)
+    assert pressure.switch == 5 and pressure.removal is None
+    assert all(torch.equal(pressure.weights[n], c) for n, c in pressure.costs.items())
+    explore = float(pressure.loss().detach())
+    assert explore > 0
+    for step in range(4):
+        assert pressure.update(step)["phase"] == "explore" and pressure.beta == 0.1
+    assert pressure.update(4)["phase"] == "squeeze"
+    # the squeeze weighs exactly the channels the budget removes, and nothing else
+    removed = {(n, i) for n, idxs in pressure.removal.items() for i in idxs}
+    for n, w in pressure.weights.items():
+        for i, v in enumerate(w.tolist()):
+            assert (v > 0) == ((n, i) in removed)
+    keep = {n: torch.ones(cost_model.sizes[n]) for n in pressure.removal}
+    for n, idxs in pressure.removal.items():
+        keep[n][idxs] = 0
+    assert cost_model.fraction(keep) <= 0.5
+    # beta rises while a channel to remove is open, and stops once all are shut
+    assert pressure.beta > 0.1 and pressure.open_to_remove() > 0
+    with torch.no_grad():
+        for n, idxs in pressure.removal.items():
+            gates[n].mu[idxs] = 0.0
+    held = pressure.beta
+    pressure.update(5)
+    assert pressure.open_to_remove() == 0 and pressure.beta == held and float(pressure.loss()) == 0.0
