@@ -99,8 +99,10 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
 def cmd_run(args) -> None:
     if not (SHARED / "data" / "cifar10-jpeg").is_dir():
         sys.exit(f"no CIFAR-10 data at {SHARED / 'data' / 'cifar10-jpeg'}")
-    cells = [(m, b, s) for s in args.seeds for b in args.budgets for m in args.methods if m != "dense"]
-    cells += [("dense", None, s) for s in args.seeds if "dense" in args.methods]
+    cells = []  # seed by seed, so that a partial grid already compares every method on the first seeds
+    for s in args.seeds:
+        cells += [("dense", None, s)] if "dense" in args.methods else []
+        cells += [(m, b, s) for b in args.budgets for m in args.methods if m != "dense"]
     for method, budget, seed in cells:
         path = cell_path(args.model, method, budget, seed, args.epochs)
         if path.exists():

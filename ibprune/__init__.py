@@ -1,6 +1,7 @@
 """ibprune: compress a pretrained PyTorch model with information-bottleneck gates and structural pruning."""
 
 from ibprune.api import CompressResult, compress
+from ibprune.checkpoint import load_compressed
 from ibprune.errors import (
     BudgetError,
     ExportMismatchError,
@@ -20,4 +21,5 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "compress",
+    "load_compressed",
 ]

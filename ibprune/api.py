@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ibprune import bench, export, report
+from ibprune.checkpoint import save_compressed
 from ibprune.costs import CostModel, count
 from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
-from ibprune.files import atomic_path
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import GatePressure, calibrate_beta
@@ -201,8 +201,7 @@ def compress(
         }
         if out_dir is not None:
             report.write(folder, rep)
-            with atomic_path(folder / "compressed.pt") as tmp:
-                torch.save(slim, tmp)
+            save_compressed(folder / "compressed.pt", slim, pruned.removed, example_input)
     log(report.summary(rep))
     return CompressResult(slim, rep, information, pruned.removed)
 
