@@ -14,13 +14,14 @@ from torch import nn
 
 from ibprune import bench, export, report
 from ibprune.checkpoint import save_compressed
+from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel, count
 from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import GatePressure, calibrate_beta
-from ibprune.prune import prune_to_budget
+from ibprune.prune import preflight, prune_to_budget
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
 
@@ -94,8 +95,9 @@ def compress(
     teacher = copy.deepcopy(original).eval() if distill else None
     work = copy.deepcopy(model).to(dev)
     if example_input is None:
-        example_input = next(iter(train_loader))[0][:1]
+        example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
+    check_inputs(work, train_loader, example_input)
 
     t0 = time.perf_counter()
     _, groups = find_groups(work, example_input, ignored_layers)
@@ -111,6 +113,7 @@ def compress(
         importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
         gate_epochs = 0.0
     gates = GateSet(groups).to(dev).attach(work)
+    preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
     gate_steps = steps_for(gate_epochs, train_loader)
     gates.train()
     work.train()

@@ -19,3 +19,7 @@ class PruningMismatchError(IbpruneError):
 
 class ExportMismatchError(IbpruneError):
     """onnxruntime's outputs differ from PyTorch's beyond the tolerance."""
+
+
+class InputError(IbpruneError):
+    """The model, its example input or the data do not fit together."""

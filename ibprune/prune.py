@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ibprune.costs import CostModel, count
-from ibprune.errors import BudgetError, PruningMismatchError
+from ibprune.errors import BudgetError, PruningMismatchError, UnsupportedModelError
 from ibprune.gates import GateSet
 from ibprune.groups import ChannelGroup, build_graph
 
@@ -206,6 +206,33 @@ def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tupl
                 except PruningMismatchError:
                     culprits.append(g.name)
         where = ", ".join(culprits) if culprits else "the combination of groups"
-        raise PruningMismatchError(
+        mismatch = PruningMismatchError(
             f"{err}; torch-pruning's dependency graph misses a coupling in group(s): {where}. "
-            "The model is not returned.") from None
+            "The model is not returned.")
+        mismatch.groups = culprits
+        raise mismatch from None
+
+
+def preflight(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor) -> None:
+    """Before any training: remove every fourth channel of every group from a copy and check the function.
+
+    Raises ``UnsupportedModelError`` naming the groups whose removal changes what the network computes (an
+    operation torch-pruning does not understand, such as a channel-dimension ``F.pad``), so a model that cannot
+    be pruned correctly fails in seconds, not after the gate phase.
+    """
+    removed = {g.name: list(range(0, g.size, 4)) for g in groups if g.size >= 4}
+    probe = torch.randn(2, *example_input.shape[1:], device=example_input.device, dtype=example_input.dtype)
+    modes = model.training, gates.training
+    model.eval()
+    gates.eval()
+    try:
+        _check_or_blame(model, gates, groups, removed, example_input, probe)
+    except PruningMismatchError as err:
+        names = ", ".join(getattr(err, "groups", [])) or "a combination of groups"
+        raise UnsupportedModelError(
+            f"pruning this model would change what it computes (group(s) rooted at {names}): torch-pruning "
+            "misses a channel coupling here. Exclude those layers with ignored_layers=[...], or rewrite the "
+            "operation it cannot see through (e.g. a channel-dimension F.pad as a 1x1 conv).") from None
+    finally:
+        model.train(modes[0])
+        gates.train(modes[1])
