@@ -8,6 +8,10 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * ``l1``, ``bn``, ``taylor``, ``random``: torch-pruning's criteria, one-shot prune, ``epochs`` of fine-tuning;
 * ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data).
 
+The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
+pruning does; ``ib`` ranks by information per unit cost. Every method keeps widths a multiple of 8 (ibprune's
+default ``round_to``). A cell named ``l1_per_cost`` is an ablation: L1 ranked per unit cost like ``ib``.
+
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
 
@@ -166,7 +170,7 @@ def cmd_aggregate(args) -> None:
            "--seeds 0 1`, then `python benchmarks/cifar10.py aggregate`.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    for method in sorted({r["method"] for r in table}, key=lambda m: (m not in METHODS, m)):
         pts = [r for r in table if r["method"] == method]
         if pts:
             ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],

@@ -1,7 +1,9 @@
 """The usual channel-ranking criteria, from torch-pruning, for comparison with IB information.
 
-Each returns one score per channel of every group (higher = keep); the pruning step treats them exactly like
-the gates' information, so a baseline differs from ibprune's method in the ranking alone.
+Each returns one score per channel of every group (higher = keep), normalised by torch-pruning's default
+(the group's mean), and the pruning step ranks all channels by it globally, as torch-pruning's global pruning
+does, until the same MACs budget holds. The baselines share everything else with ibprune's method: groups,
+budget search, rounding, verification, fine-tuning.
 """
 
 from __future__ import annotations

@@ -142,13 +142,13 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
                     importance: dict[str, torch.Tensor] | None = None) -> PruneResult:
     """Slim copy of ``model`` (gates attached) at ``<= target`` of the original cost, gate means folded in.
 
-    Channels are ranked by the gates' information, or by ``importance`` (another criterion) when given. The
-    estimate steers, torch-pruning's count decides: if the counted fraction exceeds ``target`` the plan is
-    redone with a tighter internal target. ``model`` itself is left as it was.
+    Channels are ranked by the gates' information per unit cost, or, when ``importance`` (another criterion)
+    is given, by that importance alone, as torch-pruning ranks globally. The estimate steers, torch-pruning's
+    count decides: if the counted fraction exceeds ``target`` the plan is redone with a tighter internal target.
+    ``model`` itself is left as it was.
     """
     device = next(model.parameters()).device
-    info = importance if importance is not None else gates.information()
-    score = scores(info, cost_model.channel_costs())
+    score = importance if importance is not None else scores(gates.information(), cost_model.channel_costs())
     original_cost = original_cost or int(cost_model.total)
     probe = torch.randn(check_batch, *example_input.shape[1:], device=device, dtype=example_input.dtype)
     modes = model.training, gates.training

@@ -1,0 +1,149 @@
+"""Which torchvision classifiers ibprune compresses correctly, and a clear reason for every one it refuses.
+
+For each model in ``torchvision.models.list_models(module=torchvision.models)`` (random weights): the input
+checks, channel groups, the pruning preflight, a prune to 0.6 of the MACs with the gates' means set at random
+(no training: this measures correctness, not accuracy), the function check, ONNX export and onnxruntime parity.
+Each model runs in its own subprocess with a time limit and writes its own JSON cell, so a crash or a hang
+costs one model and the run resumes where it stopped.
+
+Reproduce (2 CPU cores, no GPU):  python benchmarks/coverage.py run; python benchmarks/coverage.py aggregate
+Writes benchmarks/results/coverage.json and coverage.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CELLS = RESULTS / "coverage" / "cells"
+#: models that need a particular input size or constructor argument to build or run at all
+INPUT_SIZE = {"inception_v3": 299}
+LARGE_INPUT = ("vit_", "swin_", "maxvit_")
+KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
+          "inception_v3": {"aux_logits": False, "init_weights": True}}
+
+
+def probe(name: str, target: float = 0.6) -> dict:
+    """Everything ``compress`` does to a model except training, with timings and the outcome."""
+    import torch
+    import torchvision
+
+    import ibprune
+    from ibprune.checks import check_inputs
+    from ibprune.costs import CostModel, count
+    from ibprune.export import check_parity, export_onnx
+    from ibprune.gates import GateSet
+    from ibprune.groups import find_groups
+    from ibprune.prune import preflight, prune_to_budget
+
+    torch.manual_seed(0)
+    size = 224 if name.startswith(LARGE_INPUT) else INPUT_SIZE.get(name, 64)
+    out: dict = {"model": name, "input": size}
+    t0 = time.perf_counter()
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **KWARGS.get(name, {})).eval()
+    x = torch.randn(1, 3, size, size)
+    out["params_before"] = sum(p.numel() for p in model.parameters())
+    try:
+        check_inputs(model, [(torch.randn(2, 3, size, size), torch.tensor([0, 1]))], x)
+        _, groups = find_groups(model, x)
+        cost_model = CostModel(model, x, groups)
+        gates = GateSet(groups).attach(model)
+        preflight(model, gates, groups, x)
+        with torch.no_grad():
+            for g in gates.gates.values():
+                g.mu.uniform_(0.2, 1.0)
+        macs, params = count(model, x)
+        result = prune_to_budget(model, gates, groups, x, cost_model, target, round_to=8, original_cost=macs)
+        gates.detach()
+        slim_macs, slim_params = count(result.model, x)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(result.model, x, Path(tmp) / "m.onnx")
+            diff = check_parity(path, result.model, x, batch_sizes=(1, 2))
+        out.update(status="ok", groups=len(groups), macs_before=macs, macs_after=slim_macs, params_after=slim_params,
+                   macs_fraction=slim_macs / macs, function_max_diff=result.max_abs_diff, onnx_max_diff=diff)
+    except ibprune.IbpruneError as err:
+        out.update(status="unsupported", reason=f"{type(err).__name__}: {err}")
+    except Exception as err:  # anything else is a bug to fix, reported as such
+        out.update(status="crash", reason=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                   traceback=traceback.format_exc()[-2000:])
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def cmd_run(args) -> None:
+    import torchvision
+
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    for name in names:
+        cell = CELLS / f"{name}.json"
+        if cell.exists():
+            continue
+        print(f"[run ] {name}", flush=True)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "one", name], capture_output=True, text=True,
+                                  timeout=args.timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            result = json.loads(lines[-1]) if lines else {
+                "model": name, "status": "crash", "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+        except subprocess.TimeoutExpired:
+            result = {"model": name, "status": "timeout", "reason": f"over {args.timeout} s on this machine"}
+        from ibprune.files import write_json
+
+        write_json(cell, result)
+        print(f"[{result['status']}] {name} {result.get('reason', '')[:150]}", flush=True)
+
+
+def cmd_aggregate(args) -> None:
+    from ibprune.files import write_json, write_text
+
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    write_json(RESULTS / "coverage.json", {"models": cells, "counts": counts})
+    md = ["# Coverage: torchvision classifiers", "",
+          "Per model: random weights, num_classes=10, the gates' means drawn at random, pruned to 0.6 of the MACs "
+          "(round_to=8) without training, function check against the gated model, ONNX export and onnxruntime "
+          "parity. Measured on 2 CPU cores with `python benchmarks/coverage.py run` then `aggregate`.", "",
+          "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",
+          "| model | input | status | params before → after | MACs before → after (fraction) | ONNX max diff "
+          "| seconds | reason |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cells:
+        if c["status"] == "ok":
+            sizes = f"{c['params_before'] / 1e6:.2f} M → {c['params_after'] / 1e6:.2f} M"
+            macs = f"{c['macs_before'] / 1e6:.0f} M → {c['macs_after'] / 1e6:.0f} M ({c['macs_fraction']:.3f})"
+            diff = f"{c['onnx_max_diff']:.1e}"
+        else:
+            sizes = f"{c['params_before'] / 1e6:.2f} M" if "params_before" in c else "—"
+            macs = diff = "—"
+        reason = c.get("reason", "").replace("|", "\\|")[:240]
+        md.append(f"| {c['model']} | {c.get('input', '—')} | {c['status']} | {sizes} | {macs} | {diff} "
+                  f"| {c.get('seconds', 0):.0f} | {reason} |")
+    write_text(RESULTS / "coverage.md", "\n".join(md) + "\n")
+    print("\n".join(md[:6]))
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "one":
+        print(json.dumps(probe(sys.argv[2])))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--models", nargs="*", help="a subset (default: every torchvision classifier)")
+    r.add_argument("--timeout", type=int, default=300, help="seconds per model")
+    sub.add_parser("aggregate")
+    args = p.parse_args()
+    cmd_run(args) if args.command == "run" else cmd_aggregate(args)
+
+
+if __name__ == "__main__":
+    main()
