@@ -9,8 +9,10 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data).
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
-pruning does; ``ib`` ranks by information per unit cost. Every method keeps widths a multiple of 8 (ibprune's
-default ``round_to``). A cell named ``l1_per_cost`` is an ablation: L1 ranked per unit cost like ``ib``.
+pruning does; ``ib`` ranks by information (nats), which the gate phase has shaped with each channel's cost.
+Every method keeps widths a multiple of 8 (ibprune's default ``round_to``). Ablations: ``ib_per_cost`` ranks
+IB information per unit cost (it counts the cost twice: the gate phase already weighs each channel's KL by it),
+``l1_per_cost`` ranks L1 that way too.
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
@@ -44,7 +46,7 @@ SHARED = ROOT.parent / "shared"
 RESULTS = Path(__file__).parent / "results"
 CELLS = RESULTS / "cifar10" / "cells"
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-METHODS = ("ib", "l1", "bn", "taylor", "random", "dense")
+METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost")
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.64, 2.57),
@@ -82,8 +84,10 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
         achieved = {"macs": 1.0, "params": 1.0}
         timings = {"finetune": time.perf_counter() - t0}
     else:
-        gate_epochs = args.gate_epochs if method == "ib" else 0.0
-        result = ibprune.compress(net, train, val, example_input=example, macs=budget, criterion=method,
+        is_ib = method.startswith("ib")
+        gate_epochs = args.gate_epochs if is_ib else 0.0
+        result = ibprune.compress(net, train, val, example_input=example, macs=budget,
+                                  criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
                                   gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
                                   gate_lr=args.gate_lr, device=device, seed=seed, bench_batch=64,
                                   distill=args.distill)
@@ -91,7 +95,7 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
     return {
         "model": args.model, "method": method, "budget_macs": budget, "seed": seed, "epochs": args.epochs,
-        "gate_epochs": args.gate_epochs if method == "ib" else 0.0, "lr": args.lr, "distill": args.distill,
+        "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "lr": args.lr, "distill": args.distill,
         "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
         "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"], "timings_s": timings,
         "wall_s": time.perf_counter() - t0,
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the cells that have no result yet")
     r.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
-    r.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m != "ib_per_cost"])
     r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4])
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--epochs", type=float, default=3.0, help="total epoch budget of every method")

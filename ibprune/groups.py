@@ -11,6 +11,7 @@ model and the pruning step all work from these maps, never from layer names gues
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +66,11 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def is_grouped(m: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (ResNeXt, RegNet): its channels must leave evenly per conv group."""
+    return isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels
+
+
 def classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
     """The last conv / linear layer executed: its outputs are the model's outputs and are never pruned."""
     order: list[nn.Module] = []
@@ -98,8 +104,12 @@ def find_groups(
     ignored = list(ignored_layers or []) + classifier_layers(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     groups: list[ChannelGroup] = []
+    skipped = []
     for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING):
         root = g[0].dep.target.module
+        if any(is_grouped(item.dep.target.module) for item in g.items):
+            skipped.append(names[root])
+            continue
         group = ChannelGroup(name=names[root], size=len(g[0].idxs))
         for item in g.items:
             module, handler = item.dep.target.module, item.dep.handler
@@ -110,8 +120,13 @@ def find_groups(
             target = group.inputs if reads and not is_depthwise(module) else group.outputs
             _merge(target, names[module], cmap)
         groups.append(group)
+    if skipped:
+        warnings.warn(f"{len(skipped)} channel group(s) pass through grouped convolutions and stay unpruned "
+                      f"(their channels must leave in equal numbers per conv group): {', '.join(skipped[:5])}"
+                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
     if not groups:
-        raise UnsupportedModelError("torch-pruning found no prunable channel group in this model")
+        raise UnsupportedModelError("torch-pruning found no prunable channel group in this model"
+                                    + (" (every group passes through a grouped convolution)" if skipped else ""))
     return graph, groups
 
 

@@ -9,7 +9,7 @@ The phase has two parts:
    two terms' gradients on the gate means balance, measured on a few batches) lets every channel show how much
    the task needs it; unneeded channels lose information, needed ones keep it.
 2. **Squeeze** (the second half): the channels the budget will remove are fixed from the explore ranking
-   (lowest information per unit cost, exactly as the pruning step plans), and the KL pressure falls on them
+   (lowest information, exactly as the pruning step plans), and the KL pressure falls on them
    alone, rising until every one of them is shut (``alpha_c = mu_c^2 / sigma_c^2 < 1``) and then held. The
    kept channels train freely, so the network learns to do without the removed ones *before* they are cut, and
    removing them costs (almost) nothing.
@@ -34,7 +34,7 @@ class GatePressure:
     """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze)."""
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
-                 round_to: int | None = None, explore: float = 0.5) -> None:
+                 round_to: int | None = None, explore: float = 0.5, per_cost: bool = False) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
         self.costs = cost_model.channel_costs()
         self.weights = dict(self.costs)
@@ -42,6 +42,7 @@ class GatePressure:
         self.switch = int(explore * total_steps)
         self.rate = math.log(1e3) / max(1.0, 0.5 * (total_steps - self.switch))  # 1000x within half the squeeze
         self.removal: dict[str, list[int]] | None = None
+        self.per_cost = per_cost
 
     def loss(self) -> torch.Tensor:
         """``beta * sum_c w_c KL_c / sum_c w_c`` (zero once nothing is weighted)."""
@@ -52,8 +53,8 @@ class GatePressure:
     def update(self, step: int) -> dict:
         """After optimizer step ``step``: switch to squeeze at the midpoint, then raise ``beta`` until all shut."""
         if step + 1 == self.switch or (self.removal is None and step + 1 > self.switch):
-            self.removal = plan_removal(scores(self.gates.information(), self.costs), self.cost_model,
-                                        self.target, self.round_to)
+            self.removal = plan_removal(scores(self.gates.information(), self.costs, self.per_cost),
+                                        self.cost_model, self.target, self.round_to)
             self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
             for n, idxs in self.removal.items():
                 self.weights[n][idxs] = self.costs[n][idxs]

@@ -75,3 +75,10 @@ def test_demo_meets_its_promise():
     rep = result.report
     assert rep["achieved"]["macs"] <= 0.5
     assert rep["compressed"]["accuracy"] >= rep["original"]["accuracy"] - 0.02
+
+
+def test_same_seed_same_architecture(digits_net, random_loader):
+    runs = [ibprune.compress(digits_net, random_loader(), macs=0.5, seed=3, round_to=1, **FAST).report
+            for _ in range(2)]
+    assert runs[0]["pruned_channels"] == runs[1]["pruned_channels"]
+    assert runs[0]["compressed"]["macs"] == runs[1]["compressed"]["macs"]
