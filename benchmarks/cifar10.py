@@ -56,6 +56,11 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 ]
 
 
+def label(method: str, gate_epochs: float) -> str:
+    """The method's name in results; an IB run with a non-default gate phase is its own row."""
+    return f"{method}_g{gate_epochs:g}" if method.startswith("ib") and gate_epochs != 1.0 else method
+
+
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
     tag = "dense" if method == "dense" else f"{method}-macs{budget:.2f}"
     return CELLS / f"{model}-e{epochs:g}-{tag}-s{seed}.json"
@@ -81,6 +86,7 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
             path = export.export_onnx(net, example, Path(tmp) / "dense.onnx")
             entry = bench.profile(net, path, example, batch_sizes=(1, 64))
         stages = {"finetuned": evaluate(net, val, device)}
+        kept = None
         achieved = {"macs": 1.0, "params": 1.0}
         timings = {"finetune": time.perf_counter() - t0}
     else:
@@ -93,11 +99,14 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
                                   distill=args.distill)
         net, rep = result.model, result.report
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
+        kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
     return {
-        "model": args.model, "method": method, "budget_macs": budget, "seed": seed, "epochs": args.epochs,
+        "model": args.model, "method": label(method, args.gate_epochs), "budget_macs": budget, "seed": seed,
+        "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "lr": args.lr, "distill": args.distill,
         "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
-        "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"], "timings_s": timings,
+        "kept_channels": kept, "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"],
+        "timings_s": timings,
         "wall_s": time.perf_counter() - t0,
         "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
                         "machine": platform.machine(), "python": platform.python_version()},
@@ -112,7 +121,7 @@ def cmd_run(args) -> None:
         cells += [("dense", None, s)] if "dense" in args.methods else []
         cells += [(m, b, s) for b in args.budgets for m in args.methods if m != "dense"]
     for method, budget, seed in cells:
-        path = cell_path(args.model, method, budget, seed, args.epochs)
+        path = cell_path(args.model, label(method, args.gate_epochs), budget, seed, args.epochs)
         if path.exists():
             print(f"[skip] {path.name}")
             continue
