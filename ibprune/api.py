@@ -20,7 +20,7 @@ from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
-from ibprune.objective import GatePressure, calibrate_beta
+from ibprune.objective import train_gates
 from ibprune.prune import preflight, prune_to_budget
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
@@ -104,7 +104,6 @@ def compress(
     t0 = time.perf_counter()
     _, groups = find_groups(work, example_input, ignored_layers)
     cost_model = CostModel(work, example_input, groups, metric)
-    weights = cost_model.channel_costs()  # w_c: each channel's marginal cost, mean 1
     orig_macs, orig_params = count(work, example_input)
     acc = {"original": evaluate(work, val_loader, dev) if val_loader is not None else None}
     log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
@@ -117,24 +116,9 @@ def compress(
     gates = GateSet(groups).to(dev).attach(work)
     preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
     gate_steps = steps_for(gate_epochs, train_loader)
-    gates.train()
-    work.train()
-    beta0 = beta if beta is not None or not gate_steps else calibrate_beta(work, gates, weights, train_loader, dev)
-    pressure = GatePressure(gates, cost_model, target, gate_steps, beta0 or 0.0, round_to, per_cost=rank_per_cost)
-    gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
-
-    def after_gate_step(step: int) -> dict:
-        with torch.no_grad():
-            for g in gates.gates.values():
-                g.log_sigma2.clamp_(-12.0, 0.0)  # noise at most as large as the signal it gates
-        return pressure.update(step)
-
-    fit(work, train_loader, gate_steps, dev, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
-        extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_gate_step, desc="gates",
-        verbose=verbose)
-    gates.eval()
-    if gate_steps:
-        recalibrate_bn(work, train_loader, dev)
+    pressure = train_gates(work, gates, cost_model, train_loader, dev, target, gate_steps, beta=beta, lr=lr,
+                           gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
+                           verbose=verbose)
     acc["gated"] = evaluate(work, val_loader, dev) if val_loader is not None else None
     timings["gates"] = time.perf_counter() - t0
 
@@ -195,7 +179,8 @@ def compress(
                                 for g in groups},
             "accuracy": acc,
             "criterion": criterion, "rank_per_cost": rank_per_cost,
-            "gates": {"epochs": gate_epochs, "steps": gate_steps, "beta_explore": beta0, "beta_final": pressure.beta,
+            "gates": {"epochs": gate_epochs, "steps": gate_steps, "beta_explore": pressure.beta_explore,
+                      "beta_final": pressure.beta,
                       "beta_given": beta is not None, "still_open_to_remove": pressure.open_to_remove(),
                       "information_nats": {g.name: float(information[g.name].sum()) for g in groups}
                       if importance is None else None},

@@ -88,3 +88,35 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
     kl = torch.autograd.grad(gates.weighted_kl(weights), mus)
     kl_mean = torch.cat([g.abs().flatten() for g in kl]).mean().cpu()
     return float(scale * (task / batches) / kl_mean.clamp_min(1e-12))
+
+
+def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
+                steps: int, *, beta: float | None = None, lr: float = 0.01, gate_lr: float = 0.02,
+                weight_decay: float = 5e-4, round_to: int | None = None, per_cost: bool = False,
+                verbose: bool = True) -> GatePressure:
+    """The gate phase: ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
+
+    Ends with the gates in eval mode and the BN statistics re-estimated for them; returns the schedule, whose
+    ``removal`` is the plan the squeeze enforced.
+    """
+    from ibprune.train import SGDConfig, fit, recalibrate_bn
+
+    gates.train()
+    model.train()
+    if beta is None and steps:
+        beta = calibrate_beta(model, gates, cost_model.channel_costs(), loader, device)
+    pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, per_cost=per_cost)
+    gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
+
+    def after_step(step: int) -> dict:
+        with torch.no_grad():
+            for g in gates.gates.values():
+                g.log_sigma2.clamp_(-12.0, 0.0)  # noise at most as large as the signal it gates
+        return pressure.update(step)
+
+    fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
+        extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, desc="gates", verbose=verbose)
+    gates.eval()
+    if steps:
+        recalibrate_bn(model, loader, device)
+    return pressure
