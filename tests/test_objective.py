@@ -53,3 +53,26 @@ def test_explore_then_squeeze(digits_net):
     held = pressure.beta
     pressure.update(5)
     assert pressure.open_to_remove() == 0 and pressure.beta == held and float(pressure.loss()) == 0.0
+
+
+def test_the_squeeze_shuts_every_channel_the_budget_removes():
+    """On the demo's real data: after the gate phase the planned channels pass (almost) nothing."""
+    from ibprune.data import digits_loaders
+    from ibprune.demo import pretrained_digits_net
+    from ibprune.objective import train_gates
+    from ibprune.prune import prune_to_budget
+    from ibprune.train import evaluate
+
+    train, test = digits_loaders()
+    net = pretrained_digits_net(epochs=8)
+    _, groups = find_groups(net, X)
+    cost_model = CostModel(net, X, groups)
+    gates = GateSet(groups).attach(net)
+    cpu = torch.device("cpu")
+    pressure = train_gates(net, gates, cost_model, train, cpu, 0.5, steps=240, round_to=1, verbose=False)
+    assert pressure.removal and pressure.open_to_remove() == 0
+    assert all(float(gates[n].information()[idxs].max()) < 0.35 for n, idxs in pressure.removal.items())
+    gated = evaluate(net, test, cpu)
+    result = prune_to_budget(net, gates, groups, X, cost_model, 0.5, round_to=1)
+    assert all(set(idxs) <= set(result.removed.get(n, [])) for n, idxs in pressure.removal.items())
+    assert evaluate(result.model, test, cpu) >= gated - 0.01  # removing the shut channels costs (almost) nothing
