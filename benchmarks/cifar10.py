@@ -56,9 +56,11 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 ]
 
 
-def label(method: str, gate_epochs: float) -> str:
-    """The method's name in results; an IB run with a non-default gate phase is its own row."""
-    return f"{method}_g{gate_epochs:g}" if method.startswith("ib") and gate_epochs != 1.0 else method
+def label(method: str, gate_epochs: float, beta: float | None = None) -> str:
+    """The method's name in results; an IB run with a non-default gate phase or a given beta is its own row."""
+    if not method.startswith("ib"):
+        return method
+    return method + (f"_g{gate_epochs:g}" if gate_epochs != 1.0 else "") + (f"_b{beta:g}" if beta else "")
 
 
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
@@ -95,15 +97,16 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
                                   criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
                                   gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
-                                  gate_lr=args.gate_lr, device=device, seed=seed, bench_batch=64,
+                                  gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
                                   distill=args.distill)
         net, rep = result.model, result.report
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
         kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
     return {
-        "model": args.model, "method": label(method, args.gate_epochs), "budget_macs": budget, "seed": seed,
+        "model": args.model, "method": label(method, args.gate_epochs, args.beta), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
-        "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "lr": args.lr, "distill": args.distill,
+        "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
+        "distill": args.distill,
         "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
         "kept_channels": kept, "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"],
         "timings_s": timings,
@@ -121,7 +124,7 @@ def cmd_run(args) -> None:
         cells += [("dense", None, s)] if "dense" in args.methods else []
         cells += [(m, b, s) for b in args.budgets for m in args.methods if m != "dense"]
     for method, budget, seed in cells:
-        path = cell_path(args.model, label(method, args.gate_epochs), budget, seed, args.epochs)
+        path = cell_path(args.model, label(method, args.gate_epochs, args.beta), budget, seed, args.epochs)
         if path.exists():
             print(f"[skip] {path.name}")
             continue
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--gate-epochs", type=float, default=1.0, help="of those, the gate phase of `ib`")
     r.add_argument("--lr", type=float, default=0.02)
     r.add_argument("--gate-lr", type=float, default=0.02)
+    r.add_argument("--beta", type=float, help="fixed explore beta for ib (default: calibrated)")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--distill", action="store_true")
     r.add_argument("--device", default="auto")
