@@ -11,10 +11,12 @@ model and the pruning step all work from these maps, never from layer names gues
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -90,7 +92,14 @@ def classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` traced on ``example_input``."""
     with torch.enable_grad(), evaluating(model):
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        except Exception as err:  # torch-pruning fails in many ways on graphs it does not understand
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            raise UnsupportedModelError(
+                f"torch-pruning cannot trace this model's channel dependencies ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'no message'}, in {Path(where.filename).name}:"
+                f"{where.name}); channel shuffles and some attention / window layouts are not supported") from None
 
 
 def find_groups(

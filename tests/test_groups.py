@@ -51,3 +51,9 @@ def test_gates_attach_to_torchvision_models(name):
 def test_a_model_without_layers_to_prune_is_refused():
     with pytest.raises(UnsupportedModelError, match="no Conv or Linear"):
         find_groups(nn.Sequential(nn.ReLU()), torch.randn(1, 4))
+
+
+def test_a_graph_torch_pruning_cannot_trace_is_a_clear_error():
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()  # channel shuffle: view + transpose
+    with pytest.raises(UnsupportedModelError, match="cannot trace this model's channel dependencies"):
+        find_groups(model, torch.randn(1, 3, 64, 64))
