@@ -168,7 +168,10 @@ def cmd_aggregate(args) -> None:
           f"Measured on {env['device']} ({env['threads']} torch threads, {env['machine']}), torch {env['torch']}. "
           "Accuracy: top-1 on the 10,000 JPEG test images, mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
-          "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images.", "",
+          "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
+          "checkpoint was trained on their lossless versions, so validation accuracies run higher than test "
+          "ones). The latency columns were measured while other runs shared the 2 cores: indicative only; "
+          "`benchmarks/results/demo.md` has latency measured on a quiet machine.", "",
           "| model | epochs | method | MACs budget | MACs kept | params kept | test acc (%) | seeds "
           "| pruned (val, %) | ORT p50 b1 / b64 (ms) |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
