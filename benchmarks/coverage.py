@@ -60,7 +60,7 @@ def probe(name: str, target: float = 0.6) -> dict:
             for g in gates.gates.values():
                 g.mu.uniform_(0.2, 1.0)
         macs, params = count(model, x)
-        result = prune_to_budget(model, gates, groups, x, cost_model, target, round_to=8, original_cost=macs)
+        result = prune_to_budget(model, gates, groups, x, cost_model, target, round_to=8)
         gates.detach()
         slim_macs, slim_params = count(result.model, x)
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ from torch import nn
 from ibprune import bench, export, report
 from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
-from ibprune.costs import CostModel, count
+from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
 from ibprune.gates import GateSet
@@ -104,8 +104,12 @@ def compress(
     t0 = time.perf_counter()
     _, groups = find_groups(work, example_input, ignored_layers)
     cost_model = CostModel(work, example_input, groups, metric)
-    orig_macs, orig_params = count(work, example_input)
-    acc = {"original": evaluate(work, val_loader, dev) if val_loader is not None else None}
+    orig_macs, orig_params = cost_model.macs, cost_model.params
+
+    def accuracy(net: nn.Module) -> float | None:
+        return evaluate(net, val_loader, dev) if val_loader is not None else None
+
+    acc = {"original": accuracy(work)}
     log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
         f"{orig_macs / 1e6:.2f} M MACs, {orig_params / 1e6:.3f} M params; target {metric} <= {target:.3f}")
 
@@ -119,19 +123,18 @@ def compress(
     pressure = train_gates(work, gates, cost_model, train_loader, dev, target, gate_steps, beta=beta, lr=lr,
                            gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
                            verbose=verbose)
-    acc["gated"] = evaluate(work, val_loader, dev) if val_loader is not None else None
+    acc["gated"] = accuracy(work)
     timings["gates"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     information = gates.information() if importance is None else importance
     pruned = prune_to_budget(work, gates, groups, example_input, cost_model, target, round_to,
-                             original_cost=orig_macs if metric == "macs" else orig_params, importance=importance,
-                             per_cost=rank_per_cost)
+                             importance=importance, per_cost=rank_per_cost)
     gates.detach()
     slim = pruned.model
-    acc["pruned"] = evaluate(slim, val_loader, dev) if val_loader is not None else None
+    acc["pruned"] = accuracy(slim)
     recalibrate_bn(slim, train_loader, dev)
-    acc["pruned_bn_recalibrated"] = evaluate(slim, val_loader, dev) if val_loader is not None else None
+    acc["pruned_bn_recalibrated"] = accuracy(slim)
     timings["prune"] = time.perf_counter() - t0
     notes = []
     if pruned.fraction < target - 0.03:
@@ -144,7 +147,7 @@ def compress(
     fit(slim, train_loader, steps_for(finetune_epochs, train_loader), dev,
         SGDConfig(lr=lr, weight_decay=weight_decay), teacher=teacher, desc="finetune", verbose=verbose)
     slim.eval()
-    acc["finetuned"] = evaluate(slim, val_loader, dev) if val_loader is not None else None
+    acc["finetuned"] = accuracy(slim)
     timings["finetune"] = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as scratch:

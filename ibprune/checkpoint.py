@@ -15,19 +15,24 @@ class CheckpointError(IbpruneError):
     """A weights file is missing, unreadable, or does not fit the model."""
 
 
+def _load_plain(path: str | os.PathLike, what: str):
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say which file and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for corrupt / unsafe files
+        raise CheckpointError(f"{path} is not a loadable PyTorch checkpoint: {str(err).splitlines()[0]}") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict in ``path``: a bare state dict, or a checkpoint holding one under ``state_dict``/``model``.
 
     Loaded with ``torch.load(weights_only=True)``: a file that needs arbitrary code to unpickle is refused.
     A ``module.`` prefix (from ``DataParallel``) is stripped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for corrupt / unsafe files
-        raise CheckpointError(f"{path} is not a loadable PyTorch checkpoint: {str(err).splitlines()[0]}") from None
+    obj = _load_plain(path, "weights file")
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -88,12 +93,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     from ibprune.prune import remove_channels
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"compressed model not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a loadable PyTorch file: {str(err).splitlines()[0]}") from None
+    data = _load_plain(path, "compressed model")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ibprune compressed model (format {FORMAT!r})")
     device = next(model.parameters()).device

@@ -46,6 +46,7 @@ class CostModel:
                 model, example_input, layer_wise=True)
         per_layer = layer_macs if metric == "macs" else layer_params
         self.metric = metric
+        self.macs, self.params = int(macs), int(params)  # the unpruned model's, by torch-pruning's counter
         self.total = float(macs if metric == "macs" else params)
         self.sizes = {g.name: g.size for g in groups}
         modules = dict(model.named_modules())

@@ -19,7 +19,7 @@ from torch import nn
 from ibprune.costs import CostModel, count
 from ibprune.errors import BudgetError, PruningMismatchError, UnsupportedModelError
 from ibprune.gates import GateSet
-from ibprune.groups import ChannelGroup, build_graph
+from ibprune.groups import ChannelGroup, build_graph, evaluating
 
 
 @dataclass
@@ -147,7 +147,7 @@ def verify(reference: torch.Tensor, pruned: torch.Tensor, rtol: float = 1e-4) ->
 
 def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor,
                     cost_model: CostModel, target: float, round_to: int | None = None,
-                    original_cost: int | None = None, check_batch: int = 4,
+                    check_batch: int = 4,
                     importance: dict[str, torch.Tensor] | None = None, per_cost: bool = False) -> PruneResult:
     """Slim copy of ``model`` (gates attached) at ``<= target`` of the original cost, gate means folded in.
 
@@ -159,26 +159,19 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     device = next(model.parameters()).device
     score = importance if importance is not None else scores(gates.information(), cost_model.channel_costs(),
                                                              per_cost)
-    original_cost = original_cost or int(cost_model.total)
     probe = torch.randn(check_batch, *example_input.shape[1:], device=device, dtype=example_input.dtype)
-    modes = model.training, gates.training
-    model.eval()
-    gates.eval()
     aim = target
-    try:
+    with evaluating(model), evaluating(gates):
         for _ in range(8):
             removed = plan_removal(score, cost_model, aim, round_to)
             slim, diff = _check_or_blame(model, gates, groups, removed, example_input, probe)
             macs, params = count(slim, example_input.to(device))
-            fraction = (macs if cost_model.metric == "macs" else params) / original_cost
+            fraction = (macs if cost_model.metric == "macs" else params) / cost_model.total
             if fraction <= target + 1e-9:
                 return PruneResult(slim, removed, fraction, diff)
             aim -= (fraction - target) + 1e-3
         raise BudgetError(f"could not reach {target:.3f} of the original {cost_model.metric} "
                           f"(last counted {fraction:.3f})")
-    finally:
-        model.train(modes[0])
-        gates.train(modes[1])
 
 
 def _checked_copy(model, gates, removed, example_input, probe) -> tuple[nn.Module, float]:
@@ -232,17 +225,12 @@ def preflight(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], exam
     """
     removed = {g.name: list(range(0, g.size, 4)) for g in groups if g.size >= 4}
     probe = torch.randn(2, *example_input.shape[1:], device=example_input.device, dtype=example_input.dtype)
-    modes = model.training, gates.training
-    model.eval()
-    gates.eval()
     try:
-        _check_or_blame(model, gates, groups, removed, example_input, probe)
+        with evaluating(model), evaluating(gates):
+            _check_or_blame(model, gates, groups, removed, example_input, probe)
     except PruningMismatchError as err:
         names = ", ".join(getattr(err, "groups", [])) or "a combination of groups"
         raise UnsupportedModelError(
             f"pruning this model would change what it computes (group(s) rooted at {names}): torch-pruning "
             "misses a channel coupling here. Exclude those layers with ignored_layers=[...], or rewrite the "
             "operation it cannot see through (e.g. a channel-dimension F.pad as a 1x1 conv).") from None
-    finally:
-        model.train(modes[0])
-        gates.train(modes[1])
