@@ -21,7 +21,8 @@ from ibprune.errors import BudgetError
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import train_gates
-from ibprune.prune import preflight, prune_to_budget
+from ibprune.prune import preflight, prune_to_budget, remove_channels
+from ibprune.resume import Checkpoints, rng_state, set_rng_state
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
 
@@ -57,6 +58,7 @@ def compress(
     gate_epochs: float = 1.0,
     finetune_epochs: float = 5.0,
     out_dir: str | Path | None = None,
+    resume: bool = False,
     lr: float = 0.01,
     gate_lr: float = 0.02,
     weight_decay: float = 5e-4,
@@ -80,6 +82,9 @@ def compress(
     exported to ONNX, checked with onnxruntime and benchmarked. With ``out_dir`` the report, both ONNX files and
     the compressed model are written there. ``model`` itself is never modified.
 
+    With ``out_dir``, every stage checkpoints into ``out_dir/checkpoints`` (see ``ibprune.resume``);
+    ``resume=True`` continues an interrupted run from its last checkpoint instead of refusing the folder.
+
     ``criterion`` other than ``"ib"`` ("l1", "bn", "taylor", "random": torch-pruning's criteria) skips the gate
     phase and ranks channels by that criterion instead, for comparisons in one harness. ``rank_per_cost=True``
     ranks IB channels by information per unit cost instead of information (an ablation).
@@ -90,7 +95,6 @@ def compress(
     metric, target = budget_of(macs, params)
     torch.manual_seed(seed)
     dev = pick_device(device)
-    timings: dict[str, float] = {}
     log = print if verbose else (lambda *a, **k: None)
 
     original = model
@@ -100,6 +104,14 @@ def compress(
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
     check_inputs(work, train_loader, example_input)
+    if criterion != "ib":
+        gate_epochs = 0.0
+    settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
+                "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill,
+                "round_to": round_to, "criterion": criterion, "rank_per_cost": rank_per_cost, "seed": seed,
+                "train_batches": len(train_loader), "input_shape": list(example_input.shape),
+                "model": {k: list(v.shape) for k, v in work.state_dict().items()}}
+    ckpt = Checkpoints(Path(out_dir) / "checkpoints" if out_dir is not None else None, settings, resume)
 
     t0 = time.perf_counter()
     _, groups = find_groups(work, example_input, ignored_layers)
@@ -109,64 +121,76 @@ def compress(
     def accuracy(net: nn.Module) -> float | None:
         return evaluate(net, val_loader, dev) if val_loader is not None else None
 
-    acc = {"original": accuracy(work)}
     log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
         f"{orig_macs / 1e6:.2f} M MACs, {orig_params / 1e6:.3f} M params; target {metric} <= {target:.3f}")
 
-    importance = None
-    if criterion != "ib":
-        importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
-        gate_epochs = 0.0
-    gates = GateSet(groups).to(dev).attach(work)
-    preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
-    gate_steps = steps_for(gate_epochs, train_loader)
-    pressure = train_gates(work, gates, cost_model, train_loader, dev, target, gate_steps, beta=beta, lr=lr,
-                           gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
-                           verbose=verbose)
-    acc["gated"] = accuracy(work)
-    timings["gates"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    information = gates.information() if importance is None else importance
-    pruned = prune_to_budget(work, gates, groups, example_input, cost_model, target, round_to,
-                             importance=importance, per_cost=rank_per_cost)
-    gates.detach()
-    slim = pruned.model
-    acc["pruned"] = accuracy(slim)
-    recalibrate_bn(slim, train_loader, dev)
-    acc["pruned_bn_recalibrated"] = accuracy(slim)
-    timings["prune"] = time.perf_counter() - t0
+    stage = ckpt.load("pruned")
+    if stage is None:
+        stage = ckpt.load("gates")
+        original_accuracy = accuracy(work) if stage is None else None
+        importance = None  # a criterion's scores, taken before any gate is attached
+        if stage is None and criterion != "ib":
+            importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
+        gates = GateSet(groups).to(dev).attach(work)
+        preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
+        if stage is None:
+            stage = _gate_stage(work, gates, cost_model, train_loader, dev, target, importance,
+                                gate_epochs=gate_epochs, beta=beta, lr=lr, gate_lr=gate_lr,
+                                weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
+                                verbose=verbose)
+            stage["accuracy"] = {"original": original_accuracy, "gated": accuracy(work)}
+            stage["timings"] = {"gates": time.perf_counter() - t0}
+            stage["rng"] = rng_state(train_loader)
+            ckpt.save("gates", stage)
+        else:
+            work.load_state_dict(stage["model"])
+            gates.load_state_dict(stage["gates"])
+            gates.eval()
+            log("[ibprune] resumed after the gate phase")
+        set_rng_state(stage["rng"], train_loader)
+        t0 = time.perf_counter()
+        pruned = prune_to_budget(work, gates, groups, example_input, cost_model, target, round_to,
+                                 importance=stage["information"] if criterion != "ib" else None,
+                                 per_cost=rank_per_cost)
+        gates.detach()
+        slim = pruned.model
+        acc = dict(stage["accuracy"], pruned=accuracy(slim))
+        recalibrate_bn(slim, train_loader, dev)
+        acc["pruned_bn_recalibrated"] = accuracy(slim)
+        stage.update(model=slim.state_dict(), removed=pruned.removed, fraction=pruned.fraction,
+                     max_abs_diff=pruned.max_abs_diff, accuracy=acc, rng=rng_state(train_loader),
+                     timings=dict(stage["timings"], prune=time.perf_counter() - t0))
+        stage.pop("gates", None)
+        ckpt.save("pruned", stage)
+    else:
+        slim = remove_channels(copy.deepcopy(original).to(dev).eval(), example_input, stage["removed"])
+        slim.load_state_dict(stage["model"])
+        set_rng_state(stage["rng"], train_loader)
+        log("[ibprune] resumed after pruning")
+    acc, timings, removed = dict(stage["accuracy"]), dict(stage["timings"]), stage["removed"]
     notes = []
-    if pruned.fraction < target - 0.03:
-        notes.append(f"achieved {metric} {pruned.fraction:.3f} is more than 0.03 below the budget {target:.3f}: "
+    if stage["fraction"] < target - 0.03:
+        notes.append(f"achieved {metric} {stage['fraction']:.3f} is more than 0.03 below the budget {target:.3f}: "
                      f"the channel widths (round_to={round_to}) allow no closer fit")
-    log(f"[ibprune] pruned to {pruned.fraction:.3f} of the original {metric} "
-        f"(function check max diff {pruned.max_abs_diff:.2g}); accuracy {_fmt(acc)}")
+    log(f"[ibprune] pruned to {stage['fraction']:.3f} of the original {metric} "
+        f"(function check max diff {stage['max_abs_diff']:.2g}); accuracy {_fmt(acc)}")
 
     t0 = time.perf_counter()
-    fit(slim, train_loader, steps_for(finetune_epochs, train_loader), dev,
-        SGDConfig(lr=lr, weight_decay=weight_decay), teacher=teacher, desc="finetune", verbose=verbose)
+    tuned = fit(slim, train_loader, steps_for(finetune_epochs, train_loader), dev,
+                SGDConfig(lr=lr, weight_decay=weight_decay), teacher=teacher, desc="finetune", verbose=verbose,
+                checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
     slim.eval()
     acc["finetuned"] = accuracy(slim)
     timings["finetune"] = time.perf_counter() - t0
+    if tuned["nan_recoveries"]:
+        notes.append("the fine-tune loss became non-finite once: it was rolled back to its last checkpoint and "
+                     "continued at half the learning rate")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(out_dir) if out_dir is not None else Path(scratch)
-        t0 = time.perf_counter()
-        paths = {"original": folder / "original.onnx", "compressed": folder / "model.onnx"}
-        diffs = {}
-        for key, net in (("original", original), ("compressed", slim)):
-            export.export_onnx(net, example_input, paths[key])
-            diffs[key] = export.check_parity(paths[key], net, example_input)
-        timings["export"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        batches = (1, bench_batch)
-        entries = {key: bench.profile(net, paths[key], example_input, batch_sizes=batches, runs=latency_runs,
-                                      accuracy=acc[a])
-                   for key, net, a in (("original", original, "original"), ("compressed", slim, "finetuned"))}
-        timings["benchmark"] = time.perf_counter() - t0
-
+        paths, entries, diffs = _export_and_benchmark(original, slim, example_input, folder, acc, timings,
+                                                      (1, bench_batch), latency_runs)
+        information = stage["information"]
         rep = {
             "schema": 1,
             "target": {metric: target},
@@ -178,16 +202,16 @@ def compress(
                      "original_path": str(paths["original"]) if out_dir is not None else None,
                      "max_abs_diff": diffs["compressed"], "original_max_abs_diff": diffs["original"],
                      "opset": export.onnx_opset(paths["compressed"])},
-            "pruned_channels": {g.name: {"kept": g.size - len(pruned.removed.get(g.name, [])), "total": g.size}
+            "pruned_channels": {g.name: {"kept": g.size - len(removed.get(g.name, [])), "total": g.size}
                                 for g in groups},
             "accuracy": acc,
             "criterion": criterion, "rank_per_cost": rank_per_cost,
-            "gates": {"epochs": gate_epochs, "steps": gate_steps, "beta_explore": pressure.beta_explore,
-                      "beta_final": pressure.beta,
-                      "beta_given": beta is not None, "still_open_to_remove": pressure.open_to_remove(),
-                      "information_nats": {g.name: float(information[g.name].sum()) for g in groups}
-                      if importance is None else None},
-            "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr},
+            "gates": dict(stage["gate_report"], epochs=gate_epochs, beta_given=beta is not None,
+                          information_nats={g.name: float(information[g.name].sum()) for g in groups}
+                          if criterion == "ib" else None),
+            "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr,
+                         "nan_recoveries": tuned["nan_recoveries"]},
+            "resumed_from": ckpt.resumed[-1] if ckpt.resumed else None,
             "notes": notes,
             "timings_s": timings,
             "environment": {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
@@ -195,9 +219,49 @@ def compress(
         }
         if out_dir is not None:
             report.write(folder, rep)
-            save_compressed(folder / "compressed.pt", slim, pruned.removed, example_input)
+            save_compressed(folder / "compressed.pt", slim, removed, example_input)
+            ckpt.clear()
     log(report.summary(rep))
-    return CompressResult(slim, rep, information, pruned.removed)
+    return CompressResult(slim, rep, information, removed)
+
+
+def _gate_stage(work, gates, cost_model, loader, dev, target, importance, *, gate_epochs, beta, lr, gate_lr,
+                weight_decay, round_to, per_cost, verbose) -> dict:
+    """Rank the channels: train the IB gates, or (``importance`` given: a criterion's scores) keep those.
+
+    Returns the stage's checkpoint: the (gated) weights, the gates, the ranking and the gate schedule's summary.
+    """
+    if importance is not None:
+        information = importance
+        report = {"steps": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
+    else:
+        steps = steps_for(gate_epochs, loader)
+        pressure = train_gates(work, gates, cost_model, loader, dev, target, steps, beta=beta, lr=lr,
+                               gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=per_cost,
+                               verbose=verbose)
+        information = gates.information()
+        report = {"steps": steps, "beta_explore": pressure.beta_explore, "beta_final": pressure.beta,
+                  "still_open_to_remove": pressure.open_to_remove()}
+    return {"model": work.state_dict(), "gates": gates.state_dict(), "gate_report": report,
+            "information": {k: v.detach().cpu() for k, v in information.items()}}
+
+
+def _export_and_benchmark(original, slim, example_input, folder: Path, acc: dict, timings: dict,
+                          batch_sizes: tuple[int, ...], runs: int):
+    """Export both models to ONNX, check each against PyTorch with onnxruntime, and profile both."""
+    t0 = time.perf_counter()
+    paths = {"original": folder / "original.onnx", "compressed": folder / "model.onnx"}
+    diffs = {}
+    for key, net in (("original", original), ("compressed", slim)):
+        export.export_onnx(net, example_input, paths[key])
+        diffs[key] = export.check_parity(paths[key], net, example_input)
+    timings["export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    entries = {key: bench.profile(net, paths[key], example_input, batch_sizes=batch_sizes, runs=runs,
+                                  accuracy=acc[a])
+               for key, net, a in (("original", original, "original"), ("compressed", slim, "finetuned"))}
+    timings["benchmark"] = time.perf_counter() - t0
+    return paths, entries, diffs
 
 
 def _fmt(acc: dict) -> str:

@@ -15,24 +15,36 @@ class CheckpointError(IbpruneError):
     """A weights file is missing, unreadable, or does not fit the model."""
 
 
-def _load_plain(path: str | os.PathLike, what: str):
-    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say which file and why."""
+def _load_plain(path: str | os.PathLike, what: str, trust: bool = False):
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that say which file and why.
+
+    ``trust=True`` unpickles anything (``weights_only=False``): only for files from a source you trust, since
+    unpickling can run arbitrary code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:  # torch raises several unrelated types for corrupt / unsafe files
+        if "Weights only load failed" in str(err) and "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path} holds pickled code (e.g. a whole model object), which is not loaded by default because "
+                f"unpickling can run arbitrary code; if you trust the file's source, pass trust_checkpoint=True "
+                f"(CLI: --trust-checkpoint)") from None
         raise CheckpointError(f"{path} is not a loadable PyTorch checkpoint: {str(err).splitlines()[0]}") from None
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
     """The state dict in ``path``: a bare state dict, or a checkpoint holding one under ``state_dict``/``model``.
 
-    Loaded with ``torch.load(weights_only=True)``: a file that needs arbitrary code to unpickle is refused.
-    A ``module.`` prefix (from ``DataParallel``) is stripped.
+    Loaded with ``torch.load(weights_only=True)``: a file that needs arbitrary code to unpickle is refused
+    unless ``trust=True`` (then a pickled ``nn.Module`` is accepted too). A ``module.`` prefix (from
+    ``DataParallel``) is stripped.
     """
-    obj = _load_plain(path, "weights file")
+    obj = _load_plain(path, "weights file", trust)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -45,9 +57,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load ``path`` into ``model`` strictly; a mismatch lists the missing and unexpected keys."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | os.PathLike, trust_checkpoint: bool = False) -> nn.Module:
+    """Load ``path`` into ``model`` strictly; a mismatch lists the missing and unexpected keys.
+
+    ``trust_checkpoint=True`` allows a full pickle (arbitrary code runs while loading it): see ``read_state_dict``.
+    """
+    state = read_state_dict(path, trust_checkpoint)
     own = model.state_dict()
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]

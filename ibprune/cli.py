@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "model.onnx, original.onnx and compressed.pt into --out.")
     c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
     c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
+    c.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow --weights to be a full pickle (e.g. a saved model object); unpickling runs "
+                        "arbitrary code, so only for files from a source you trust")
     c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
     c.add_argument("--data", required=True,
                    help="'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's cifar-10-batches-py, or "
@@ -62,11 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
     c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
     c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoints in --out/checkpoints")
 
     r = sub.add_parser("run", help="run a pipeline recipe (TOML)",
                        description="Run a declarative recipe: sections [model], [data], [budget], [train], "
                                    "[output] whose keys are the flags of 'ibprune compress'.")
     r.add_argument("recipe", help="path to a .toml recipe, e.g. pipelines/digits.toml")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoints in its output folder")
     return p
 
 
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ibprune.recipe import load_recipe
 
-            job = load_recipe(args.recipe)
+            job = dataclasses.replace(load_recipe(args.recipe), resume=args.resume)
         from ibprune.recipe import run_job
 
         result = run_job(job, verbose=verbose)

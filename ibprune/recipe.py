@@ -22,6 +22,7 @@ class Job:
     data: str
     out: str
     weights: str | None = None
+    trust_checkpoint: bool = False
     num_classes: int | None = None
     input_size: int | None = None
     batch_size: int = 64
@@ -39,11 +40,12 @@ class Job:
     seed: int = 0
     bench_batch: int = 32
     latency_runs: int = 50
+    resume: bool = False
 
 
 #: recipe section -> the Job fields it may hold
 SECTIONS = {
-    "model": ("model", "weights", "num_classes"),
+    "model": ("model", "weights", "num_classes", "trust_checkpoint"),
     "data": ("data", "input_size", "batch_size", "workers"),
     "budget": ("macs", "params"),
     "train": ("gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to", "device", "seed"),
@@ -116,7 +118,7 @@ def run_job(job: Job, verbose: bool = True):
     budget_of(job.macs, job.params)  # a bad budget fails before any model or data is loaded
     model = build(job.model, job.num_classes)
     if job.weights:
-        load_weights(model, job.weights)
+        load_weights(model, job.weights, job.trust_checkpoint)
     if job.data == "digits":
         train, val = digits_loaders(job.batch_size, job.seed)
     elif job.data.startswith("cifar10:"):
@@ -134,4 +136,4 @@ def run_job(job: Job, verbose: bool = True):
     return compress(model, train, val, macs=job.macs, params=job.params, gate_epochs=job.gate_epochs,
                     finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                     beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
-                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, verbose=verbose)
+                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume, verbose=verbose)

@@ -7,6 +7,7 @@ knowledge distillation from a teacher (the original model).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from ibprune.resume import rng_state, set_rng_state
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -86,15 +89,51 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     reduction="batchmean") * t * t
 
 
+class _Stream:
+    """Batches cycled from a loader; its position (the pass's starting random state + batches taken) can be saved
+    and restored, so a resumed run sees the same batches in the same order."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.it, self.taken, self.start = loader, None, 0, None
+
+    def next(self):
+        if self.it is not None:
+            try:
+                self.taken += 1
+                return next(self.it)
+            except StopIteration:
+                pass
+        self.start, self.it, self.taken = rng_state(self.loader), iter(self.loader), 1
+        return next(self.it)
+
+    def position(self) -> dict | None:
+        return None if self.it is None else {"start": self.start, "taken": self.taken}
+
+    def seek(self, position: dict | None, now: dict) -> None:
+        """Replay the pass up to ``position``, then set the global random state to ``now``."""
+        self.it = None
+        if position is not None:
+            set_rng_state(position["start"], self.loader)
+            self.start, self.it, self.taken = position["start"], iter(self.loader), position["taken"]
+            for _ in range(self.taken):
+                next(self.it)
+        set_rng_state({k: v for k, v in now.items() if k != "loader"})
+
+
 def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConfig | None = None, *,
         extra_optimizers: Iterable[torch.optim.Optimizer] = (), penalty: Callable[[], torch.Tensor] | None = None,
         after_step: Callable[[int], dict] | None = None, teacher: nn.Module | None = None,
-        distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train",
-        verbose: bool = True) -> dict:
+        distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
+        checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+        checkpoint_every: int | None = None) -> dict:
     """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
 
     ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
-    return numbers to show in the progress bar. Returns the mean loss and training accuracy.
+    return numbers to show in the progress bar. ``checkpoint(state)`` receives the full training state every
+    ``checkpoint_every`` steps (default: each pass over ``loader``) and at the end; ``resume=state`` continues
+    from one. A non-finite loss rolls back to the last such state and halves the learning rate, once; the
+    second time (or with ``extra_optimizers``, whose owners are not saved) it raises ``FloatingPointError``.
+    Returns the mean loss and training accuracy.
     """
     model.to(device).train()
     if device.type == "cuda":
@@ -105,9 +144,34 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         opt, sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
     if teacher is not None:
         teacher.to(device).eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(total=steps, desc=desc, disable=None if verbose else True, leave=False, dynamic_ncols=True)
-    for step, (x, y) in enumerate(batches(loader, steps)):
+    every = max(1, checkpoint_every or min(steps, len(loader)) or 1)
+    stream = _Stream(loader)
+    run = {"step": 0, "sums": [0.0, 0, 0], "nan_recoveries": 0}
+
+    def snapshot() -> dict:
+        return {"step": run["step"], "sums": list(run["sums"]), "nan_recoveries": run["nan_recoveries"],
+                "model": model.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                "scheduler": sched.state_dict() if sched else None, "extra": [o.state_dict() for o in extra],
+                "rng": rng_state(), "stream": stream.position()}
+
+    def restore(state: dict) -> None:
+        model.load_state_dict(state["model"])
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        for o, s in zip(extra, state["extra"]):
+            o.load_state_dict(s)
+        run.update(step=state["step"], sums=list(state["sums"]), nan_recoveries=state["nan_recoveries"])
+        stream.seek(state["stream"], state["rng"])
+
+    if resume is not None:
+        restore(resume)
+    last_good = copy.deepcopy(snapshot()) if not extra else None
+    bar = tqdm(total=steps, initial=run["step"], desc=desc, disable=None if verbose else True, leave=False,
+               dynamic_ncols=True)
+    while run["step"] < steps:
+        step = run["step"]
+        x, y = stream.next()
         x, y = _prepare(x, device), y.to(device, non_blocking=True)
         with _autocast(device):
             logits = model(x)
@@ -119,8 +183,22 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
                     logits.float(), t_logits, temperature)
         total = loss + penalty() if penalty is not None else loss
         if not torch.isfinite(total):
-            bar.close()
-            raise FloatingPointError(f"{desc}: the loss became {float(total.detach())} at step {step}")
+            value = float(total.detach())
+            if last_good is None or run["nan_recoveries"] >= 1:
+                bar.close()
+                again = " again after halving the learning rate" if run["nan_recoveries"] else ""
+                raise FloatingPointError(f"{desc}: the loss became {value} at step {step}{again}; "
+                                         "nothing non-finite was saved")
+            restore(copy.deepcopy(last_good))
+            run["nan_recoveries"] += 1
+            if opt is not None:
+                sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+            bar.write(f"[ibprune] {desc}: loss {value} at step {step}: rolled back to step {run['step']}, "
+                      "learning rate halved")
+            bar.n = run["step"]
+            continue
         for o in ([opt] if opt else []) + extra:
             o.zero_grad(set_to_none=True)
         total.backward()
@@ -129,14 +207,23 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         if sched is not None:
             sched.step()
         shown = after_step(step) if after_step is not None else {}
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
+        sums = run["sums"]
+        sums[0] += float(loss.detach()) * len(y)
+        sums[1] += int((logits.argmax(1) == y).sum())
+        sums[2] += len(y)
+        run["step"] = step + 1
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", **shown)
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", **shown)
+        if run["step"] % every == 0 or run["step"] == steps:
+            if checkpoint is not None:
+                checkpoint(snapshot())
+            if last_good is not None:
+                last_good = copy.deepcopy(snapshot())
     bar.close()
-    return {"steps": steps, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    loss_sum, correct, seen = run["sums"]
+    return {"steps": steps, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "nan_recoveries": run["nan_recoveries"]}
 
 
 @torch.no_grad()

@@ -30,10 +30,13 @@ def test_not_a_checkpoint(tmp_path):
         read_state_dict(tmp_path / "missing.pt")
 
 
-def test_pickled_code_is_refused(tmp_path):
-    torch.save(DigitsNet(width=8), tmp_path / "module.pt")  # a whole module needs unpickling code
-    with pytest.raises(CheckpointError, match="not a loadable"):
+def test_pickled_code_is_refused_unless_trusted(tmp_path):
+    net = DigitsNet(width=8)
+    torch.save(net, tmp_path / "module.pt")  # a whole module needs unpickling code
+    with pytest.raises(CheckpointError, match="pickled code.*trust_checkpoint=True.*--trust-checkpoint"):
         read_state_dict(tmp_path / "module.pt")
+    state = read_state_dict(tmp_path / "module.pt", trust=True)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
 
 
 def test_compressed_models_reload_without_pickled_code(digits_net, random_loader, tmp_path):

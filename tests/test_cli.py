@@ -64,3 +64,30 @@ def test_bad_input_is_one_clear_line(capsys, args, message):
     assert main(["--quiet", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ibprune: error:") and message in err[0]
+
+
+def test_trust_checkpoint_opts_in_to_pickled_weights(tmp_path, capsys):
+    import torch
+
+    from ibprune.models import DigitsNet
+
+    torch.save(DigitsNet(), tmp_path / "whole.pt")
+    args = ["--quiet", "compress", "--model", "ibprune.models:DigitsNet", "--weights", str(tmp_path / "whole.pt"),
+            "--data", "digits", "--macs", "0.6", "--out", str(tmp_path / "run"), *QUICK]
+    assert main(args) == 1 and "--trust-checkpoint" in capsys.readouterr().err
+    assert main([*args, "--trust-checkpoint"]) == 0
+
+
+def test_an_interrupted_run_is_resumed_only_when_asked(tmp_path, capsys):
+    from ibprune.resume import Checkpoints
+
+    out = tmp_path / "run"
+    args = ["--quiet", "compress", "--model", "ibprune.models:DigitsNet", "--data", "digits", "--macs", "0.6",
+            "--out", str(out), *QUICK]
+    assert main(args) == 0
+    assert (out / "report.json").is_file() and not (out / "checkpoints").exists()
+    Checkpoints(out / "checkpoints", {"left": "by a killed run"})
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted run" in err[0] and "--resume" in err[0]
+    assert main([*args, "--resume"]) == 1 and "other settings" in capsys.readouterr().err

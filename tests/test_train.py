@@ -28,7 +28,7 @@ def test_distillation_loss_is_zero_for_identical_logits():
     assert distillation_loss(logits, torch.randn(4, 10)) > 0
 
 
-def test_a_nan_loss_stops_training(digits_net, random_loader):
+def test_a_nan_loss_that_persists_stops_training(digits_net, random_loader):
     import pytest
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
