@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from ibprune import bench, export, report
+from ibprune import information as info_picture
 from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
+from ibprune.files import write_json
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import train_gates
@@ -218,6 +220,14 @@ def compress(
                             "python": platform.python_version(), "machine": platform.machine()},
         }
         if out_dir is not None:
+            unit = "nats" if criterion == "ib" else f"{criterion} importance"
+            position = {name: i for i, (name, _) in enumerate(original.named_modules())}
+            prof = info_picture.profile({n: information[n] for n in sorted(information, key=position.get)},
+                                        removed, unit)
+            write_json(folder / "information.json", prof)
+            info_picture.plot(prof, folder / "information.png",
+                              "Information per channel" if criterion == "ib" else f"{criterion} importance")
+            rep["information"] = {"unit": unit, "json": "information.json", "plot": "information.png"}
             report.write(folder, rep)
             save_compressed(folder / "compressed.pt", slim, removed, example_input)
             ckpt.clear()

@@ -45,6 +45,16 @@ def _nats(rep: dict, group: str) -> str:
     return "n/a" if info is None else f"{info[group]:.2f}"
 
 
+def _picture(rep: dict) -> list[str]:
+    info = rep.get("information")
+    if not info:
+        return []
+    return ["## Where the network was cut", "",
+            f"Each row is a channel group, its channels sorted from most to least informative ({info['unit']}); "
+            f"red crosses are the removed channels. Per-channel values: [`{info['json']}`]({info['json']}).", "",
+            f"![information per channel]({info['plot']})", ""]
+
+
 def markdown(rep: dict) -> str:
     """The report as Markdown."""
     (metric, target), = rep["target"].items()
@@ -69,6 +79,7 @@ def markdown(rep: dict) -> str:
         *(f"| `{name}` | {v['kept']} / {v['total']} | {_nats(rep, name)} |"
           for name, v in rep["pruned_channels"].items()),
         "",
+        *_picture(rep),
         "## Time per stage", "",
         "| stage | seconds |", "| --- | --- |",
         *(f"| {k} | {v:.1f} |" for k, v in rep["timings_s"].items()),

@@ -17,7 +17,10 @@ def test_compress_end_to_end_on_tiny_data(digits_net, random_loader, tmp_path):
     result = ibprune.compress(digits_net, loader, loader, macs=0.5, out_dir=tmp_path, round_to=1, **FAST)
     rep = result.report
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "model.onnx", "original.onnx",
-                                                    "compressed.pt"}
+                                                    "compressed.pt", "information.json", "information.png"}
+    picture = json.loads((tmp_path / "information.json").read_text())
+    assert picture["unit"] == "nats" and set(picture["groups"]) == set(rep["pruned_channels"])
+    assert "![information per channel](information.png)" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(rep))
     assert rep["schema"] == 1 and rep["target"] == {"macs": 0.5}
     for side in ("original", "compressed"):

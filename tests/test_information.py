@@ -1,0 +1,20 @@
+import torch
+
+from ibprune.information import plot, profile
+
+
+def test_profile_sorts_channels_and_marks_the_removed():
+    info = {"a": torch.tensor([0.5, 2.0, 0.0, 1.0]), "b": torch.tensor([3.0, 1.0])}
+    prof = profile(info, {"a": [2, 0]}, unit="nats")
+    a = prof["groups"]["a"]
+    assert [c["channel"] for c in a["per_channel"]] == [1, 3, 0, 2]
+    assert [c["kept"] for c in a["per_channel"]] == [True, True, False, False]
+    assert a["channels"] == 4 and a["kept"] == 2 and a["total"] == 3.5 and a["kept_total"] == 3.0
+    assert prof["groups"]["b"]["kept"] == 2 and prof["unit"] == "nats"
+
+
+def test_plot_writes_one_png(tmp_path):
+    prof = profile({"a": torch.rand(16), "b": torch.rand(64), "c": torch.rand(8)}, {"b": list(range(30))})
+    path = plot(prof, tmp_path / "information.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["information.png"]  # no temporary file left
