@@ -9,6 +9,7 @@ from ibprune.errors import (
     PruningMismatchError,
     UnsupportedModelError,
 )
+from ibprune.sweep import SweepResult, compress_sweep
 
 __version__ = "0.1.0"
 
@@ -18,8 +19,10 @@ __all__ = [
     "ExportMismatchError",
     "IbpruneError",
     "PruningMismatchError",
+    "SweepResult",
     "UnsupportedModelError",
     "__version__",
     "compress",
+    "compress_sweep",
     "load_compressed",
 ]

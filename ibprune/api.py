@@ -74,6 +74,7 @@ def compress(
     seed: int = 0,
     bench_batch: int = 32,
     latency_runs: int = 50,
+    explored: dict | None = None,
     verbose: bool = True,
 ) -> CompressResult:
     """Compress a pretrained classifier to a MACs (or params) budget, in one call.
@@ -90,6 +91,9 @@ def compress(
     ``criterion`` other than ``"ib"`` ("l1", "bn", "taylor", "random": torch-pruning's criteria) skips the gate
     phase and ranks channels by that criterion instead, for comparisons in one harness. ``rank_per_cost=True``
     ranks IB channels by information per unit cost instead of information (an ablation).
+
+    ``explored`` (from ``compress_sweep``) starts the gate phase from gates already explored on this model and
+    spends ``gate_epochs`` on the squeeze alone.
 
     ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
     (a digits CNN at half its MACs ran 1.5x *slower* in onnxruntime unrounded); ``round_to=1`` for exact widths.
@@ -111,6 +115,7 @@ def compress(
     settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
                 "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill,
                 "round_to": round_to, "criterion": criterion, "rank_per_cost": rank_per_cost, "seed": seed,
+                "explored": explored is not None,
                 "train_batches": len(train_loader), "input_shape": list(example_input.shape),
                 "model": {k: list(v.shape) for k, v in work.state_dict().items()}}
     ckpt = Checkpoints(Path(out_dir) / "checkpoints" if out_dir is not None else None, settings, resume)
@@ -136,7 +141,7 @@ def compress(
         gates = GateSet(groups).to(dev).attach(work)
         preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
         if stage is None:
-            stage = _gate_stage(work, gates, cost_model, train_loader, dev, target, importance,
+            stage = _gate_stage(work, gates, cost_model, train_loader, dev, target, importance, explored,
                                 gate_epochs=gate_epochs, beta=beta, lr=lr, gate_lr=gate_lr,
                                 weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
                                 verbose=verbose)
@@ -235,9 +240,11 @@ def compress(
     return CompressResult(slim, rep, information, removed)
 
 
-def _gate_stage(work, gates, cost_model, loader, dev, target, importance, *, gate_epochs, beta, lr, gate_lr,
-                weight_decay, round_to, per_cost, verbose) -> dict:
+def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explored, *, gate_epochs, beta, lr,
+                gate_lr, weight_decay, round_to, per_cost, verbose) -> dict:
     """Rank the channels: train the IB gates, or (``importance`` given: a criterion's scores) keep those.
+
+    ``explored``: weights, gates and ``beta`` after a shared explore phase; only the squeeze runs.
 
     Returns the stage's checkpoint: the (gated) weights, the gates, the ranking and the gate schedule's summary.
     """
@@ -246,9 +253,13 @@ def _gate_stage(work, gates, cost_model, loader, dev, target, importance, *, gat
         report = {"steps": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
     else:
         steps = steps_for(gate_epochs, loader)
+        if explored is not None:
+            work.load_state_dict(explored["model"])
+            gates.load_state_dict(explored["gates"])
+            beta = explored["beta"]
         pressure = train_gates(work, gates, cost_model, loader, dev, target, steps, beta=beta, lr=lr,
                                gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=per_cost,
-                               verbose=verbose)
+                               explore=0.0 if explored is not None else 0.5, verbose=verbose)
         information = gates.information()
         report = {"steps": steps, "beta_explore": pressure.beta_explore, "beta_final": pressure.beta,
                   "still_open_to_remove": pressure.open_to_remove()}

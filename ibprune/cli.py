@@ -1,4 +1,4 @@
-"""The ``ibprune`` command: ``demo``, ``compress`` and ``run``."""
+"""The ``ibprune`` command: ``demo``, ``compress``, ``sweep`` and ``run``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,52 @@ EXAMPLES = """examples:
   ibprune demo --out runs/demo
   ibprune compress --model torchvision:resnet18 --weights r18.pth --num-classes 10 \\
       --data path/to/imagefolder --input-size 64 --macs 0.5 --out runs/r18
+  ibprune sweep --model ibprune.demo:pretrained_digits_net --data digits --macs 0.7,0.5,0.35 --out runs/sweep
   ibprune run pipelines/digits.toml
 """
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.7,0.5, got {text!r}") from None
+
+
+def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> None:
+    """The flags of ``compress`` and ``sweep`` (the fields of a ``Job``)."""
+    c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
+    c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
+    c.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow --weights to be a full pickle (e.g. a saved model object); unpickling runs "
+                        "arbitrary code, so only for files from a source you trust")
+    c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
+    c.add_argument("--data", required=True,
+                   help="'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's cifar-10-batches-py, or "
+                        "train/ + test/ class folders; decoded once, cached); or an ImageFolder root with train/ "
+                        "and val/ (or test/)")
+    c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--workers", type=int, default=2, help="data loader processes")
+    budget = c.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--macs", type=budget_type, help=budget_help.format("MACs"))
+    budget.add_argument("--params", type=budget_type, help=budget_help.format("parameters"))
+    c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
+    c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
+    c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
+    c.add_argument("--gate-lr", type=float, default=0.02, help="Adam learning rate of the gates")
+    c.add_argument("--beta", type=float, help="fixed IB weight (default: set automatically from the budget)")
+    c.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    c.add_argument("--round-to", type=int, default=8,
+                   help="keep channel counts a multiple of this (default 8: fast kernels); 1 for exact widths")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
+    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoints in --out/checkpoints")
+
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,42 +79,18 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model given by flags",
                        description="Compress a model to a MACs or params budget. Writes report.json, report.md, "
-                                   "model.onnx, original.onnx and compressed.pt into --out.")
-    c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
-    c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
-    c.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow --weights to be a full pickle (e.g. a saved model object); unpickling runs "
-                        "arbitrary code, so only for files from a source you trust")
-    c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
-    c.add_argument("--data", required=True,
-                   help="'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's cifar-10-batches-py, or "
-                        "train/ + test/ class folders; decoded once, cached); or an ImageFolder root with train/ "
-                        "and val/ (or test/)")
-    c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--workers", type=int, default=2, help="data loader processes")
-    budget = c.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
-    budget.add_argument("--params", type=float, help="keep at most this fraction of the parameters")
-    c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
-    c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
-    c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
-    c.add_argument("--gate-lr", type=float, default=0.02, help="Adam learning rate of the gates")
-    c.add_argument("--beta", type=float, help="fixed IB weight (default: set automatically from the budget)")
-    c.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
-    c.add_argument("--round-to", type=int, default=8,
-                   help="keep channel counts a multiple of this (default 8: fast kernels); 1 for exact widths")
-    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
-    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
-    c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from the checkpoints in --out/checkpoints")
+                                   "information.json/.png, model.onnx, original.onnx and compressed.pt into --out.")
+    _job_flags(c, float, "keep at most this fraction of the {}, e.g. 0.5")
+    w = sub.add_parser("sweep", help="compress to several budgets from one gate phase; Pareto plot",
+                       description="Compress a model to each of several budgets: the explore half of the gate "
+                                   "phase runs once and is shared. Writes one compress output folder per budget "
+                                   "and sweep.json, sweep.md, sweep.png (accuracy against MACs and latency).")
+    _job_flags(w, _fractions, "comma-separated fractions of the {} to keep, e.g. 0.7,0.5,0.35,0.25")
 
     r = sub.add_parser("run", help="run a pipeline recipe (TOML)",
                        description="Run a declarative recipe: sections [model], [data], [budget], [train], "
-                                   "[output] whose keys are the flags of 'ibprune compress'.")
+                                   "[output] whose keys are the flags of 'ibprune compress'. A list of budgets "
+                                   "(macs = [0.7, 0.5]) runs a sweep.")
     r.add_argument("recipe", help="path to a .toml recipe, e.g. pipelines/digits.toml")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoints in its output folder")
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
             job = Job(model="ibprune.demo:pretrained_digits_net", data="digits", out=args.out,
                       device=args.device, **DEMO)
-        elif args.command == "compress":
+        elif args.command in ("compress", "sweep"):
             fields = {f.name for f in dataclasses.fields(Job)}
             job = Job(**{k: v for k, v in vars(args).items() if k in fields})
         else:
@@ -98,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_job(job, verbose=verbose)
         if verbose:
-            print(f"[ibprune] wrote {job.out}/report.md, report.json, model.onnx, original.onnx, compressed.pt")
+            print(f"[ibprune] wrote {job.out}/" + ("sweep.md, sweep.json, sweep.png and one folder per budget"
+                                                  if isinstance(job.macs or job.params, list) else
+                                                  "report.md, report.json, model.onnx, original.onnx, compressed.pt"))
         return 0 if result is not None else 1
     except KeyboardInterrupt:
         print("ibprune: interrupted", file=sys.stderr)

@@ -42,7 +42,9 @@ class GatePressure:
         self.switch = int(explore * total_steps)
         self.rate = math.log(1e3) / max(1.0, 0.5 * (total_steps - self.switch))  # 1000x within half the squeeze
         self.removal: dict[str, list[int]] | None = None
-        self.per_cost = per_cost
+        self.per_cost, self.total_steps = per_cost, total_steps
+        if self.switch == 0 and total_steps > 0:
+            self._plan()  # squeeze only: the gates were explored before
 
     def loss(self) -> torch.Tensor:
         """``beta * sum_c w_c KL_c / sum_c w_c`` (zero once nothing is weighted)."""
@@ -52,15 +54,19 @@ class GatePressure:
 
     def update(self, step: int) -> dict:
         """After optimizer step ``step``: switch to squeeze at the midpoint, then raise ``beta`` until all shut."""
-        if step + 1 == self.switch or (self.removal is None and step + 1 > self.switch):
-            self.removal = plan_removal(scores(self.gates.information(), self.costs, self.per_cost),
-                                        self.cost_model, self.target, self.round_to)
-            self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
-            for n, idxs in self.removal.items():
-                self.weights[n][idxs] = self.costs[n][idxs]
+        if self.removal is None and self.switch <= step + 1 < self.total_steps:
+            self._plan()
         if self.removal is not None and self.open_to_remove() > 0:
             self.beta *= math.exp(self.rate)
         return {"beta": f"{self.beta:.2g}", "phase": "squeeze" if self.removal is not None else "explore"}
+
+    def _plan(self) -> None:
+        """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
+        self.removal = plan_removal(scores(self.gates.information(), self.costs, self.per_cost),
+                                    self.cost_model, self.target, self.round_to)
+        self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
+        for n, idxs in self.removal.items():
+            self.weights[n][idxs] = self.costs[n][idxs]
 
     def open_to_remove(self) -> int:
         """How many channels slated for removal still pass information (``alpha >= 1``)."""
@@ -93,9 +99,11 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
                 steps: int, *, beta: float | None = None, lr: float = 0.01, gate_lr: float = 0.02,
                 weight_decay: float = 5e-4, round_to: int | None = None, per_cost: bool = False,
-                verbose: bool = True) -> GatePressure:
+                explore: float = 0.5, verbose: bool = True) -> GatePressure:
     """The gate phase: ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
+    ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
+    squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
     Ends with the gates in eval mode and the BN statistics re-estimated for them; returns the schedule, whose
     ``removal`` is the plan the squeeze enforced.
     """
@@ -105,7 +113,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     model.train()
     if beta is None and steps:
         beta = calibrate_beta(model, gates, cost_model.channel_costs(), loader, device)
-    pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, per_cost=per_cost)
+    pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_step(step: int) -> dict:

@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibprune.errors import IbpruneError
+from ibprune.errors import BudgetError, IbpruneError
 
 
 class RecipeError(IbpruneError):
@@ -27,8 +27,8 @@ class Job:
     input_size: int | None = None
     batch_size: int = 64
     workers: int = 2
-    macs: float | None = None
-    params: float | None = None
+    macs: float | list[float] | None = None      # a list: a sweep over those budgets
+    params: float | list[float] | None = None
     gate_epochs: float = 1.0
     finetune_epochs: float = 5.0
     lr: float = 0.01
@@ -101,6 +101,8 @@ def _keys(section: str) -> list[str]:
 
 def _check_type(path: Path, section: str, key: str, value, annotation: str):
     wanted = str(annotation)
+    if isinstance(value, list) and "list[float]" in wanted:
+        return [_check_type(path, section, key, v, "float") for v in value]
     ok = {"str": str, "int": int, "float": (int, float), "bool": bool}
     base = next(t for t in ("bool", "float", "int", "str") if t in wanted)
     if isinstance(value, bool) and base != "bool" or not isinstance(value, ok[base]):
@@ -114,8 +116,15 @@ def run_job(job: Job, verbose: bool = True):
     from ibprune.checkpoint import load_weights
     from ibprune.data import digits_loaders, image_folder_loaders
     from ibprune.models import build
+    from ibprune.sweep import sweep_budgets
 
-    budget_of(job.macs, job.params)  # a bad budget fails before any model or data is loaded
+    sweep = isinstance(job.macs, list) or isinstance(job.params, list)
+    if not sweep:  # a bad budget fails before any model or data is loaded
+        budget_of(job.macs, job.params)
+    elif job.macs is not None and job.params is not None:
+        raise BudgetError("give exactly one budget: macs or params")
+    else:
+        sweep_budgets("macs" if job.macs else "params", job.macs or job.params)
     model = build(job.model, job.num_classes)
     if job.weights:
         load_weights(model, job.weights, job.trust_checkpoint)
@@ -133,6 +142,15 @@ def run_job(job: Job, verbose: bool = True):
         if job.input_size is None:
             raise RecipeError("input_size is required for an image folder (e.g. --input-size 224)")
         train, val = image_folder_loaders(job.data, job.input_size, job.batch_size, job.workers, job.seed)
+    if sweep:
+        from ibprune.sweep import compress_sweep
+
+        return compress_sweep(model, train, val, budgets=job.macs or job.params,
+                              metric="macs" if job.macs else "params", gate_epochs=job.gate_epochs,
+                              finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
+                              beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device,
+                              seed=job.seed, bench_batch=job.bench_batch, latency_runs=job.latency_runs,
+                              resume=job.resume, verbose=verbose)
     return compress(model, train, val, macs=job.macs, params=job.params, gate_epochs=job.gate_epochs,
                     finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                     beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,

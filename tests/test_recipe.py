@@ -69,3 +69,13 @@ def test_the_cifar_recipes_load(name):
     assert Path(job.weights).resolve().parent == (shared / "models" / "cifar10-resnet").resolve()
     prefix, folder = job.data.split(":", 1)
     assert prefix == "cifar10" and Path(folder).resolve() == (shared / "data" / "cifar10-jpeg").resolve()
+
+
+def test_a_list_of_budgets_is_a_sweep(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[model]\nspec = "m:f"\n[data]\nsource = "digits"\n[budget]\nmacs = [0.7, 0.5]\n'
+                    '[output]\ndir = "out"\n')
+    assert load_recipe(path).macs == [0.7, 0.5]
+    path.write_text(path.read_text().replace("[0.7, 0.5]", '[0.7, "a"]'))
+    with pytest.raises(RecipeError, match="macs must be a float"):
+        load_recipe(path)

@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+import ibprune
+from ibprune.data import digits_loaders
+from ibprune.errors import BudgetError
+from ibprune.train import steps_for
+
+
+def test_a_sweep_prunes_each_budget_from_one_explore_phase(digits_net, tmp_path):
+    train, val = digits_loaders(64, 0)
+    sweep = ibprune.compress_sweep(digits_net, train, val, budgets=[0.4, 0.7], out_dir=tmp_path, gate_epochs=1,
+                                   finetune_epochs=0.5, latency_runs=3, bench_batch=4, verbose=False)
+    assert list(sweep.results) == [0.7, 0.4]  # largest first
+    for budget, result in sweep.results.items():
+        rep = result.report
+        assert rep["achieved"]["macs"] <= budget and rep["gates"]["steps"] == steps_for(0.5, train)
+        assert (tmp_path / f"macs{budget:.2f}" / "model.onnx").is_file()
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert [p["budget"] for p in summary["points"]] == [0.7, 0.4]
+    assert summary["time_s"]["saved_vs_separate_runs"] == pytest.approx(summary["time_s"]["explore_once"])
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "macs0.70/report.md" in (tmp_path / "sweep.md").read_text()
+    assert not (tmp_path / "checkpoints").exists()
+
+    again = ibprune.compress_sweep(digits_net, train, val, budgets=[0.4, 0.7], out_dir=tmp_path, gate_epochs=1,
+                                   finetune_epochs=0.5, latency_runs=3, bench_batch=4, verbose=False, resume=True)
+    assert all(r.model is None for r in again.results.values())  # finished budgets are kept, not redone
+
+
+def test_sweep_budgets_are_checked(digits_net, tmp_path):
+    train, val = digits_loaders(64, 0)
+    with pytest.raises(BudgetError, match="fraction in"):
+        ibprune.compress_sweep(digits_net, train, budgets=[0.5, 1.5], out_dir=tmp_path)
+    with pytest.raises(BudgetError, match="at least one budget"):
+        ibprune.compress_sweep(digits_net, train, budgets=[], out_dir=tmp_path)
