@@ -25,6 +25,7 @@ from ibprune.groups import find_groups
 from ibprune.objective import train_gates
 from ibprune.prune import preflight, prune_to_budget, remove_channels
 from ibprune.resume import Checkpoints, rng_state, set_rng_state
+from ibprune.robustness import adversarial_accuracy
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
 
@@ -74,6 +75,7 @@ def compress(
     seed: int = 0,
     bench_batch: int = 32,
     latency_runs: int = 50,
+    robustness_eps: float | None = None,
     explored: dict | None = None,
     verbose: bool = True,
 ) -> CompressResult:
@@ -91,6 +93,9 @@ def compress(
     ``criterion`` other than ``"ib"`` ("l1", "bn", "taylor", "random": torch-pruning's criteria) skips the gate
     phase and ranks channels by that criterion instead, for comparisons in one harness. ``rank_per_cost=True``
     ranks IB channels by information per unit cost instead of information (an ablation).
+
+    ``robustness_eps`` adds FGSM and PGD accuracy of both models at that perturbation size to the report
+    (``ibprune.robustness``; needs ``val_loader``).
 
     ``explored`` (from ``compress_sweep``) starts the gate phase from gates already explored on this model and
     spends ``gate_epochs`` on the squeeze alone.
@@ -193,6 +198,13 @@ def compress(
         notes.append("the fine-tune loss became non-finite once: it was rolled back to its last checkpoint and "
                      "continued at half the learning rate")
 
+    robust = None
+    if robustness_eps is not None and val_loader is not None:
+        t0 = time.perf_counter()
+        robust = adversarial_accuracy({"original": copy.deepcopy(original).to(dev), "compressed": slim},
+                                      val_loader, dev, robustness_eps)
+        timings["robustness"] = time.perf_counter() - t0
+
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(out_dir) if out_dir is not None else Path(scratch)
         paths, entries, diffs = _export_and_benchmark(original, slim, example_input, folder, acc, timings,
@@ -218,6 +230,7 @@ def compress(
                           if criterion == "ib" else None),
             "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr,
                          "nan_recoveries": tuned["nan_recoveries"]},
+            "robustness": robust,
             "resumed_from": ckpt.resumed[-1] if ckpt.resumed else None,
             "notes": notes,
             "timings_s": timings,

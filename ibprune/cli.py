@@ -55,6 +55,9 @@ def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> Non
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
     c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
+    c.add_argument("--robustness-eps", type=float,
+                   help="add FGSM/PGD accuracy of both models at this L-inf size (in input-std units, e.g. 0.03) "
+                        "to the report")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoints in --out/checkpoints")

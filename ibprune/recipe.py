@@ -40,6 +40,7 @@ class Job:
     seed: int = 0
     bench_batch: int = 32
     latency_runs: int = 50
+    robustness_eps: float | None = None
     resume: bool = False
 
 
@@ -49,7 +50,7 @@ SECTIONS = {
     "data": ("data", "input_size", "batch_size", "workers"),
     "budget": ("macs", "params"),
     "train": ("gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to", "device", "seed"),
-    "output": ("out", "bench_batch", "latency_runs"),
+    "output": ("out", "bench_batch", "latency_runs", "robustness_eps"),
 }
 _ALIASES = {("model", "spec"): "model", ("data", "source"): "data", ("output", "dir"): "out"}
 
@@ -150,8 +151,9 @@ def run_job(job: Job, verbose: bool = True):
                               finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                               beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device,
                               seed=job.seed, bench_batch=job.bench_batch, latency_runs=job.latency_runs,
-                              resume=job.resume, verbose=verbose)
+                              resume=job.resume, robustness_eps=job.robustness_eps, verbose=verbose)
     return compress(model, train, val, macs=job.macs, params=job.params, gate_epochs=job.gate_epochs,
                     finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                     beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
-                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume, verbose=verbose)
+                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume,
+                    robustness_eps=job.robustness_eps, verbose=verbose)

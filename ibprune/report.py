@@ -55,6 +55,19 @@ def _picture(rep: dict) -> list[str]:
             f"![information per channel]({info['plot']})", ""]
 
 
+def _robustness(rep: dict) -> list[str]:
+    r = rep.get("robustness")
+    if not r:
+        return []
+    keys = list(next(iter(r["models"].values())))
+    return ["## Robustness to small perturbations", "",
+            f"Accuracy on {r['examples']} validation examples under L-inf attacks of size {r['eps']} "
+            f"({r['eps_unit']} units); PGD: {r['pgd_steps']} steps of eps/4 from a random start.", "",
+            "| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys),
+            *(f"| {name} | " + " | ".join(f"{100 * acc[k]:.2f} %" for k in keys) + " |"
+              for name, acc in r["models"].items()), ""]
+
+
 def markdown(rep: dict) -> str:
     """The report as Markdown."""
     (metric, target), = rep["target"].items()
@@ -80,6 +93,7 @@ def markdown(rep: dict) -> str:
           for name, v in rep["pruned_channels"].items()),
         "",
         *_picture(rep),
+        *_robustness(rep),
         "## Time per stage", "",
         "| stage | seconds |", "| --- | --- |",
         *(f"| {k} | {v:.1f} |" for k, v in rep["timings_s"].items()),

@@ -85,3 +85,12 @@ def test_same_seed_same_architecture(digits_net, random_loader):
             for _ in range(2)]
     assert runs[0]["pruned_channels"] == runs[1]["pruned_channels"]
     assert runs[0]["compressed"]["macs"] == runs[1]["compressed"]["macs"]
+
+
+def test_robustness_section(digits_net, random_loader, tmp_path):
+    loader = random_loader()
+    rep = ibprune.compress(digits_net, loader, loader, macs=0.6, robustness_eps=0.1, out_dir=tmp_path,
+                           **FAST).report
+    assert set(rep["robustness"]["models"]) == {"original", "compressed"}
+    assert {"clean", "fgsm", "pgd10"} == set(rep["robustness"]["models"]["compressed"])
+    assert "## Robustness to small perturbations" in (tmp_path / "report.md").read_text()
