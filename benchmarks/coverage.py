@@ -16,7 +16,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -37,11 +36,7 @@ def probe(name: str, target: float = 0.6) -> dict:
 
     import ibprune
     from ibprune.checks import check_inputs
-    from ibprune.costs import CostModel, count
-    from ibprune.export import check_parity, export_onnx
-    from ibprune.gates import GateSet
-    from ibprune.groups import find_groups
-    from ibprune.prune import preflight, prune_to_budget
+    from ibprune.dryrun import check_model
 
     torch.manual_seed(0)
     size = 224 if name.startswith(LARGE_INPUT) else INPUT_SIZE.get(name, 64)
@@ -52,22 +47,10 @@ def probe(name: str, target: float = 0.6) -> dict:
     out["params_before"] = sum(p.numel() for p in model.parameters())
     try:
         check_inputs(model, [(torch.randn(2, 3, size, size), torch.tensor([0, 1]))], x)
-        _, groups = find_groups(model, x)
-        cost_model = CostModel(model, x, groups)
-        gates = GateSet(groups).attach(model)
-        preflight(model, gates, groups, x)
-        with torch.no_grad():
-            for g in gates.gates.values():
-                g.mu.uniform_(0.2, 1.0)
-        macs, params = count(model, x)
-        result = prune_to_budget(model, gates, groups, x, cost_model, target, round_to=8)
-        gates.detach()
-        slim_macs, slim_params = count(result.model, x)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(result.model, x, Path(tmp) / "m.onnx")
-            diff = check_parity(path, result.model, x, batch_sizes=(1, 2))
-        out.update(status="ok", groups=len(groups), macs_before=macs, macs_after=slim_macs, params_after=slim_params,
-                   macs_fraction=slim_macs / macs, function_max_diff=result.max_abs_diff, onnx_max_diff=diff)
+        r = check_model(model, x, target)
+        out.update(status="ok", groups=r["groups"], macs_before=r["macs_before"], macs_after=r["macs_after"],
+                   params_after=r["params_after"], macs_fraction=r["macs_fraction"],
+                   function_max_diff=r["function_max_diff"], onnx_max_diff=r["onnx_max_diff"])
     except ibprune.IbpruneError as err:
         out.update(status="unsupported", reason=f"{type(err).__name__}: {err}")
     except Exception as err:  # anything else is a bug to fix, reported as such

@@ -2,6 +2,7 @@
 
 from ibprune.api import CompressResult, compress
 from ibprune.checkpoint import load_compressed
+from ibprune.dryrun import check_model
 from ibprune.errors import (
     BudgetError,
     ExportMismatchError,
@@ -22,6 +23,7 @@ __all__ = [
     "SweepResult",
     "UnsupportedModelError",
     "__version__",
+    "check_model",
     "compress",
     "compress_sweep",
     "load_compressed",

@@ -11,6 +11,8 @@ model and the pruning step all work from these maps, never from layer names gues
 
 from __future__ import annotations
 
+import signal
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -102,6 +104,39 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
                 f"{where.name}); channel shuffles and some attention / window layouts are not supported") from None
 
 
+#: Seconds torch-pruning may spend tracing a model and searching its channel groups. Its search never ends on
+#: some layouts (shifted-window attention: Swin); past this it is stopped with ``UnsupportedModelError``.
+GRAPH_TIME_LIMIT_S = 180.0
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise ``UnsupportedModelError`` if the block runs longer than ``seconds`` (main thread, POSIX only)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable or seconds <= 0:
+        yield
+        return
+
+    def fire(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _OutOfTime:
+        raise UnsupportedModelError(
+            f"{what} did not finish within {seconds:g} s (ibprune.groups.GRAPH_TIME_LIMIT_S); torch-pruning's "
+            f"search does not terminate on some layouts, e.g. Swin's shifted-window attention") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def find_groups(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -109,12 +144,14 @@ def find_groups(
     graph: tp.DependencyGraph | None = None,
 ) -> tuple[tp.DependencyGraph, list[ChannelGroup]]:
     """Every prunable channel group of ``model``; the classifier's outputs (and ``ignored_layers``) are excluded."""
-    graph = graph or build_graph(model, example_input)
     ignored = list(ignored_layers or []) + classifier_layers(model, example_input)
+    with _time_limit(GRAPH_TIME_LIMIT_S, "torch-pruning's channel-group search"):
+        graph = graph or build_graph(model, example_input)
+        found = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING))
     names = {m: n for n, m in model.named_modules()}
     groups: list[ChannelGroup] = []
     skipped = []
-    for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING):
+    for g in found:
         root = g[0].dep.target.module
         if any(is_grouped(item.dep.target.module) for item in g.items):
             skipped.append(names[root])
