@@ -7,8 +7,8 @@ batch and data, not on how many steps are taken. A thread samples the process's 
 20 ms; on CUDA the allocator's peak is read too. After each run the garbage collector runs and the RSS is read
 again: if a sweep leaked models, optimizers or ONNX sessions, that number would climb run after run.
 
-Reproduce (2 CPU cores, about 3 minutes a run):
-    python benchmarks/memory.py --runs 4
+Reproduce (2 CPU cores, about 2-3 minutes a run):
+    python benchmarks/memory.py --runs 8
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class PeakRSS:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=4)
+    p.add_argument("--runs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--gate-steps", type=int, default=20)
     p.add_argument("--finetune-steps", type=int, default=20)
@@ -131,7 +131,7 @@ def main() -> None:
         f"- RSS growth per run from run 2 on, after garbage collection: **{growth:+.1f} MB**", "",
         "| run | peak RSS (MB) | RSS after run (MB) | CUDA peak allocated (MB) | wall (s) |",
         "| --- | --- | --- | --- | --- |", *rows, "",
-        "Reproduce: `python benchmarks/memory.py --runs 4`.", ""]))
+        f"Reproduce: `python benchmarks/memory.py --runs {args.runs}`.", ""]))
 
 
 if __name__ == "__main__":
