@@ -75,6 +75,11 @@ def is_grouped(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels
 
 
+#: Layers whose output for one channel depends on all the others (statistics taken across channels): removing a
+#: channel changes what the rest compute, so a gate cannot stand in for its removal. Groups through them stay.
+CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
 def classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
     """The last conv / linear layer executed: its outputs are the model's outputs and are never pruned."""
     order: list[nn.Module] = []
@@ -150,11 +155,14 @@ def find_groups(
         found = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING))
     names = {m: n for n, m in model.named_modules()}
     groups: list[ChannelGroup] = []
-    skipped = []
+    skipped, normed = [], []
     for g in found:
         root = g[0].dep.target.module
         if any(is_grouped(item.dep.target.module) for item in g.items):
             skipped.append(names[root])
+            continue
+        if any(isinstance(item.dep.target.module, CHANNEL_NORMS) for item in g.items):
+            normed.append(names[root])
             continue
         group = ChannelGroup(name=names[root], size=len(g[0].idxs))
         for item in g.items:
@@ -170,9 +178,15 @@ def find_groups(
         warnings.warn(f"{len(skipped)} channel group(s) pass through grouped convolutions and stay unpruned "
                       f"(their channels must leave in equal numbers per conv group): {', '.join(skipped[:5])}"
                       + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    if normed:
+        warnings.warn(f"{len(normed)} channel group(s) pass through LayerNorm/GroupNorm, which normalise across "
+                      f"channels, and stay unpruned (e.g. a transformer's residual width): "
+                      f"{', '.join(normed[:5])}" + (" ..." if len(normed) > 5 else ""), stacklevel=2)
     if not groups:
+        why = [w for w, found_any in (("a grouped convolution", skipped), ("a LayerNorm/GroupNorm", normed))
+               if found_any]
         raise UnsupportedModelError("torch-pruning found no prunable channel group in this model"
-                                    + (" (every group passes through a grouped convolution)" if skipped else ""))
+                                    + (f" (every group passes through {' or '.join(why)})" if why else ""))
     return graph, groups
 
 

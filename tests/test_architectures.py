@@ -1,5 +1,8 @@
 """One model of each torchvision family: it compresses correctly, or it is refused up front with a named reason.
 
+ConvNeXt and ViT compress through the groups that avoid LayerNorm (their MLP hidden units); their residual width
+stays, with a warning.
+
 Random weights, small inputs, no training (``ibprune.check_model``): groups, preflight, a prune to 0.6 of the
 MACs, the function check, ONNX export and onnxruntime parity. ``benchmarks/coverage.py`` runs every model.
 """
@@ -21,12 +24,10 @@ SUPPORTED = {  # family: (model, input size)
     "mobilenet_v2": ("mobilenet_v2", 64), "mobilenet_v3": ("mobilenet_v3_small", 64),
     "efficientnet": ("efficientnet_b0", 64), "regnet": ("regnet_y_400mf", 64), "densenet": ("densenet121", 64),
     "googlenet": ("googlenet", 64), "inception": ("inception_v3", 299), "squeezenet": ("squeezenet1_0", 64),
-    "mnasnet": ("mnasnet0_5", 64),
+    "mnasnet": ("mnasnet0_5", 64), "convnext": ("convnext_tiny", 64), "vit": ("vit_b_32", 224),
 }
 REFUSED = {  # family: (model, input size, words the reason must contain)
     "shufflenet": ("shufflenet_v2_x0_5", 64, "cannot trace"),
-    "convnext": ("convnext_tiny", 64, "misses a channel coupling"),
-    "vit": ("vit_b_16", 224, "misses a channel coupling"),
     "swin": ("swin_t", 224, "did not finish"),
 }
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True},

@@ -57,3 +57,23 @@ def test_a_graph_torch_pruning_cannot_trace_is_a_clear_error():
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()  # channel shuffle: view + transpose
     with pytest.raises(UnsupportedModelError, match="cannot trace this model's channel dependencies"):
         find_groups(model, torch.randn(1, 3, 64, 64))
+
+
+def test_groups_through_layernorm_stay_unpruned_with_a_warning():
+    """LayerNorm mixes statistics across channels: its width stays; the MLP hidden units inside are pruned."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16),
+                          nn.LayerNorm(16), nn.Linear(16, 3)).eval()
+    with pytest.warns(UserWarning, match="LayerNorm/GroupNorm"):
+        _, groups = find_groups(model, torch.randn(1, 8))
+    assert [(g.name, g.size) for g in groups] == [("2", 32)]
+
+
+def test_a_search_that_never_ends_is_stopped(monkeypatch):
+    import time
+
+    import ibprune.groups as groups_module
+
+    monkeypatch.setattr(groups_module, "GRAPH_TIME_LIMIT_S", 0.5)
+    monkeypatch.setattr(groups_module, "build_graph", lambda *a: time.sleep(5))
+    with pytest.raises(UnsupportedModelError, match="did not finish within 0.5 s"):
+        find_groups(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(1, 4))
