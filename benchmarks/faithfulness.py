@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RESULTS = Path(__file__).parent / "results"
 CPU = torch.device("cpu")
-SCORES = ("ib", "ib_cost", "l1", "bn", "taylor")
+CRITERIA = ("l1", "bn", "taylor")
 
 
 class Frozen(nn.Module):
@@ -66,13 +66,16 @@ class Frozen(nn.Module):
         return self.net(x)
 
 
-def gate_information(net, groups, loader, steps: int, weights: dict[str, torch.Tensor], gate_lr: float) -> dict:
-    """Train gates only (weights frozen, BN in eval) with ``beta * sum w_c KL_c / sum w_c``; nats per channel."""
+def gate_information(net, groups, loader, steps: int, weights: dict[str, torch.Tensor], gate_lr: float,
+                     scale: float, batches) -> dict:
+    """Train gates only (weights frozen, BN in eval) with ``beta * sum w_c KL_c / sum w_c``; nats per channel.
+
+    ``beta`` is ``scale`` x the gradient-balance value (``compress`` explores at 0.3)."""
     gates = GateSet(groups).attach(net)
     for p in net.parameters():
         p.requires_grad_(False)
     gates.train()
-    beta = calibrate_beta(net, gates, weights, loader, CPU)
+    beta = calibrate_beta(net, gates, weights, loader, CPU, scale=scale)
     opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def clamp(step: int) -> dict:
@@ -83,10 +86,13 @@ def gate_information(net, groups, loader, steps: int, weights: dict[str, torch.T
 
     fit(Frozen(net), loader, steps, CPU, None, extra_optimizers=[opt],
         penalty=lambda: beta * gates.weighted_kl(weights), after_step=clamp, desc="gates")
+    gates.eval()
+    gated_loss, gated_acc = val_loss(net, gates, batches)
     gates.detach()
     for p in net.parameters():
         p.requires_grad_(True)
-    return {"beta": beta, "information": gates.information()}
+    return {"beta": beta, "information": gates.information(), "gated_val_loss": gated_loss,
+            "gated_val_accuracy": gated_acc}
 
 
 @torch.no_grad()
@@ -124,6 +130,10 @@ def main() -> None:
     p.add_argument("--gate-epochs", type=float, default=1.0)
     p.add_argument("--gate-lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beta-scales", type=float, nargs="+", default=[0.3, 0.03],
+                   help="explore beta as a multiple of the gradient-balance value (compress uses 0.3)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the ablation losses of an earlier run with the same channels and images")
     args = p.parse_args()
     data = SHARED / "data" / "cifar10-jpeg"
     if not data.is_dir():
@@ -147,13 +157,19 @@ def main() -> None:
     costs = CostModel(net, example, groups, "macs").channel_costs()
     uniform = {n: torch.ones_like(c) for n, c in costs.items()}
     steps = steps_for(args.gate_epochs, train)
-    scores, betas = {}, {}
-    for name, weights in (("ib", uniform), ("ib_cost", costs)):
-        torch.manual_seed(args.seed)
-        out = gate_information(pretrained(), groups, train, steps, weights, args.gate_lr)
-        scores[name], betas[name] = out["information"], out["beta"]
-    for crit in ("l1", "bn", "taylor"):
+    scores, gate_runs = {}, {}
+    for scale in args.beta_scales:
+        for kind, weights in (("ib", uniform), ("ib_cost", costs)):
+            torch.manual_seed(args.seed)
+            net_ = pretrained()
+            out = gate_information(net_, groups, train, steps, weights, args.gate_lr, scale, batches)
+            name = f"{kind}@{scale:g}"
+            scores[name] = out.pop("information")
+            gate_runs[name] = out
+            print(name, out, flush=True)
+    for crit in CRITERIA:
         scores[crit] = criterion_scores(pretrained(), example, groups, crit, train, CPU)
+    names = list(scores)
 
     # channels to ablate: every group contributes in proportion to its size (at least 8)
     total = sum(g.size for g in groups)
@@ -164,24 +180,35 @@ def main() -> None:
         sample += [(g.name, int(c)) for c in torch.randperm(g.size, generator=gen)[:k]]
     gates = GateSet(groups).attach(net).eval()
     base_loss, base_acc = val_loss(net, gates, batches)
+    previous = {}
+    if args.reuse and (RESULTS / "faithfulness.json").is_file():
+        import json
+
+        old = json.loads((RESULTS / "faithfulness.json").read_text())
+        if old["val_images"] == sum(len(b[1]) for b in batches):
+            previous = {(r["group"], r["channel"]): r for r in old["rows"]}
     rows = []
     t0 = time.perf_counter()
     for i, (name, c) in enumerate(sample):
-        loss, acc = val_loss(net, gates, batches, {name: [c]})
-        rows.append({"group": name, "channel": c, "loss_increase": loss - base_loss, "accuracy_drop": base_acc - acc,
-                     **{s: float(scores[s][name][c]) for s in SCORES}})
+        if (name, c) in previous:
+            loss_up, acc_drop = previous[(name, c)]["loss_increase"], previous[(name, c)]["accuracy_drop"]
+        else:
+            loss, acc = val_loss(net, gates, batches, {name: [c]})
+            loss_up, acc_drop = loss - base_loss, base_acc - acc
+        rows.append({"group": name, "channel": c, "loss_increase": loss_up, "accuracy_drop": acc_drop,
+                     **{s: float(scores[s][name][c]) for s in names}})
         if i % 32 == 0:
             print(f"[{i}/{len(sample)}] {time.perf_counter() - t0:.0f} s", flush=True)
 
     target = [r["loss_increase"] for r in rows]
     result = {"model": "cifar_resnet20", "channels": len(rows), "val_images": sum(len(b[1]) for b in batches),
-              "base_val_loss": base_loss, "base_val_accuracy": base_acc, "gate_steps": steps, "betas": betas,
-              "spearman_global": {s: spearman([r[s] for r in rows], target) for s in SCORES},
+              "base_val_loss": base_loss, "base_val_accuracy": base_acc, "gate_steps": steps, "gate_runs": gate_runs,
+              "scores": names, "spearman_global": {s: spearman([r[s] for r in rows], target) for s in names},
               "spearman_within_group": {}, "rows": rows, "settings": vars(args),
               "wall_s": time.perf_counter() - t_start,
               "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                               "machine": platform.machine(), "device": "cpu"}}
-    for s in SCORES:
+    for s in names:
         per, weights = [], []
         for g in groups:
             rs = [r for r in rows if r["group"] == g.name]
@@ -195,23 +222,33 @@ def main() -> None:
     print((RESULTS / "faithfulness.md").read_text())
 
 
+def _describe(score: str, r: dict) -> str:
+    if score in CRITERIA:
+        return {"l1": "L1 magnitude (torch-pruning, group-normalised)", "bn": "BN scale (torch-pruning)",
+                "taylor": "Taylor (torch-pruning)"}[score]
+    kind, scale = score.split("@")
+    run = r["gate_runs"][score]
+    return (f"IB information, {'cost-weighted KL (as compress)' if kind == 'ib_cost' else 'unweighted KL'}, "
+            f"beta = {scale} x balance (gated acc {100 * run['gated_val_accuracy']:.1f} %)")
+
+
 def markdown(r: dict) -> str:
-    names = {"ib": "IB information (unweighted KL)", "ib_cost": "IB information (cost-weighted KL, as compress)",
-             "l1": "L1 magnitude (torch-pruning, group-normalised)", "bn": "BN scale (torch-pruning)",
-             "taylor": "Taylor (torch-pruning)"}
-    best_g = max(SCORES, key=lambda s: r["spearman_global"][s])
-    best_w = max(SCORES, key=lambda s: r["spearman_within_group"][s])
+    names = r["scores"]
+    best_g = max(names, key=lambda s: r["spearman_global"][s])
+    best_w = max(names, key=lambda s: r["spearman_within_group"][s])
     return "\n".join([
         "# Faithfulness: do channel scores rank channels by what removing them costs?", "",
         f"Pretrained CIFAR-10 ResNet-20, {r['channels']} channels sampled over every group; for each, the increase "
         f"in validation loss (cross-entropy on {r['val_images']} held-out JPEG training images, base loss "
         f"{r['base_val_loss']:.3f}, accuracy {100 * r['base_val_accuracy']:.1f} %) when that channel alone is "
-        f"removed. Gates trained {r['gate_steps']} steps on the frozen network. Measured on the CPU "
+        f"removed. IB gates trained {r['gate_steps']} steps (one epoch) on the frozen network; `gated acc` is the "
+        f"frozen network's validation accuracy with those gates at their means. Measured on the CPU "
         f"({r['environment']['threads']} thread), {r['wall_s'] / 60:.0f} min.", "",
         "| score | Spearman, all channels | Spearman, within each group (mean) |", "| --- | --- | --- |",
-        *(f"| {names[s]} | {r['spearman_global'][s]:+.3f} | {r['spearman_within_group'][s]:+.3f} |"
-          for s in SCORES), "",
-        f"Highest over all channels: **{names[best_g]}**; highest within groups: **{names[best_w]}**.", "",
+        *(f"| {_describe(s, r)} | {r['spearman_global'][s]:+.3f} | {r['spearman_within_group'][s]:+.3f} |"
+          for s in names), "",
+        f"Highest over all channels: **{_describe(best_g, r)}**; highest within groups: "
+        f"**{_describe(best_w, r)}**.", "",
         "![scores against loss increase](faithfulness.png)", "",
         "Reproduce: `python benchmarks/faithfulness.py`.", ""])
 
@@ -222,18 +259,25 @@ def scatter(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = r["rows"]
+    rows, names = r["rows"], r["scores"]
     groups = sorted({x["group"] for x in rows}, key=[x["group"] for x in rows].index)
     colours = {g: plt.cm.viridis(i / max(1, len(groups) - 1)) for i, g in enumerate(groups)}
-    fig, axes = plt.subplots(1, len(SCORES), figsize=(4 * len(SCORES), 3.8), sharey=True)
-    for ax, s in zip(axes, SCORES):
+    cols = 4
+    nrows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.4 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, names):
         ax.scatter([x[s] for x in rows], [x["loss_increase"] for x in rows], s=8,
                    c=[colours[x["group"]] for x in rows])
         ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_xlabel(s + (" (nats)" if s.startswith("ib") else " score"))
+        if s not in CRITERIA:
+            ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlabel(s + (" score" if s in CRITERIA else " (nats)"))
         ax.set_title(f"rho all {r['spearman_global'][s]:+.2f}, within {r['spearman_within_group'][s]:+.2f}",
                      fontsize=9)
-    axes[0].set_ylabel("validation loss increase when removed")
+    for row in axes:
+        row[0].set_ylabel("val loss increase when removed")
     fig.suptitle("Channel scores against the cost of removing each channel (colour: group, input to output)")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

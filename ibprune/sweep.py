@@ -94,7 +94,8 @@ def compress_sweep(
         preflight(work, gates, groups, example_input)
         pressure = train_gates(work, gates, cost_model, train_loader, dev, budgets[0],
                                steps_for(gate_epochs / 2, train_loader), beta=beta, lr=lr, gate_lr=gate_lr,
-                               explore=1.0, verbose=verbose)
+                               weight_decay=compress_kwargs.get("weight_decay", 5e-4), explore=1.0,
+                               verbose=verbose)
         gates.detach()
         explored = {"model": work.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
         ckpt.save("gates", explored)
