@@ -27,12 +27,17 @@ from ibprune.files import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
 BUDGETS = [0.7, 0.5, 0.35, 0.25]
+EPS = 0.1  # robustness section: L-inf attack size in units of the input's std
+
+
+def _robust_row(name: str, acc: dict) -> str:
+    return f"| {name} | " + " | ".join(f"{100 * acc[k]:.2f} %" for k in ("clean", "fgsm", "pgd10")) + " |"
 
 
 def main() -> None:
     train, test = digits_loaders(seed=0)
     model = pretrained_digits_net(seed=0)
-    settings = {k: v for k, v in DEMO.items() if k != "macs"}
+    settings = {k: v for k, v in DEMO.items() if k != "macs"} | {"robustness_eps": EPS}
     out = RESULTS / "sweep"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -44,7 +49,9 @@ def main() -> None:
         rep = ibprune.compress(model, train, test, macs=b, verbose=False, **settings).report
         separate_s += time.perf_counter() - t0
         separate[b] = {"accuracy": rep["compressed"]["accuracy"], "macs": rep["achieved"]["macs"]}
+    robust = {b: sweep.results[b].report["robustness"]["models"] for b in BUDGETS}
     rows = [{"budget": b, "sweep_accuracy": sweep.results[b].report["compressed"]["accuracy"],
+             "sweep_fgsm": robust[b]["compressed"]["fgsm"], "sweep_pgd10": robust[b]["compressed"]["pgd10"],
              "sweep_macs": sweep.results[b].report["achieved"]["macs"],
              "separate_accuracy": separate[b]["accuracy"], "separate_macs": separate[b]["macs"]} for b in BUDGETS]
     result = {"budgets": BUDGETS, "settings": settings, "rows": rows, "sweep_s": sweep_s, "separate_s": separate_s,
@@ -65,6 +72,12 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
         *(f"| {r['budget']} | {r['sweep_macs']:.3f} | {100 * r['sweep_accuracy']:.2f} % | {r['separate_macs']:.3f} "
           f"| {100 * r['separate_accuracy']:.2f} % |" for r in rows), "",
+        f"Robustness (the sweep's models; FGSM and PGD-10 at eps = {EPS} input std, on the "
+        f"{sweep.results[BUDGETS[0]].report['robustness']['examples']} test digits): does compressing more make "
+        "the network more robust, as the IB literature suggests?", "",
+        "| model | clean | FGSM | PGD-10 |", "| --- | --- | --- | --- |",
+        _robust_row("original", robust[BUDGETS[0]]["original"]),
+        *(_robust_row(f"macs <= {b}", robust[b]["compressed"]) for b in BUDGETS), "",
         "The sweep's own report, with its Pareto plot: [`sweep/sweep.md`](sweep/sweep.md).", "",
         "Reproduce: `python benchmarks/sweep.py`.", ""]))
     print((RESULTS / "sweep_vs_separate.md").read_text())
