@@ -201,10 +201,11 @@ def plot(summary: dict, path: str | Path) -> Path:
             ax.annotate(f"{summary['metric']}<={p['budget']:.2f}", (x, y), textcoords="offset points",
                         xytext=(4, -10), fontsize=8)
         ax.plot([x_of(o, 1.0)], [100 * o["accuracy"]], "*", ms=14, color="tab:red", label="original")
+        ax.margins(x=0.08, y=0.2)  # room for the labels; the original never hides behind the legend
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     fig.suptitle("Accuracy-size trade-off")
     fig.tight_layout()
     path = Path(path)
