@@ -36,7 +36,7 @@ from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders
 from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
-from ibprune.files import atomic_path, write_json, write_text
+from ibprune.files import write_figure, write_json, write_text
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
@@ -280,9 +280,7 @@ def scatter(r: dict, path: Path) -> None:
         row[0].set_ylabel("val loss increase when removed")
     fig.suptitle("Channel scores against the cost of removing each channel (colour: group, input to output)")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 if __name__ == "__main__":

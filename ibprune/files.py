@@ -35,3 +35,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, data) -> Path:
     """Atomically write ``data`` as indented JSON."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> Path:
+    """Atomically save a matplotlib figure as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)

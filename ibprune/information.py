@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ibprune.files import atomic_path
+from ibprune.files import write_figure
 
 
 def profile(information: dict[str, torch.Tensor], removed: dict[str, list[int]], unit: str = "nats") -> dict:
@@ -61,8 +61,4 @@ def plot(prof: dict, path: str | Path, title: str = "Information per channel") -
     ax.set_title(f"{title}; label: group (kept/total, sum in {prof['unit']})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label=prof["unit"])
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(path, fig)

@@ -23,7 +23,7 @@ from ibprune.api import CompressResult, budget_of, compress
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.errors import BudgetError
-from ibprune.files import atomic_path, write_json, write_text
+from ibprune.files import write_figure, write_json, write_text
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import train_gates
@@ -208,8 +208,4 @@ def plot(summary: dict, path: str | Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle("Accuracy-size trade-off")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(path, fig)
