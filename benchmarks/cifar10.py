@@ -56,11 +56,16 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 ]
 
 
-def label(method: str, gate_epochs: float, beta: float | None = None) -> str:
-    """The method's name in results; an IB run with a non-default gate phase or a given beta is its own row."""
-    if not method.startswith("ib"):
-        return method
-    return method + (f"_g{gate_epochs:g}" if gate_epochs != 1.0 else "") + (f"_b{beta:g}" if beta else "")
+def label(method: str, args) -> str:
+    """The method's name in results: a run with non-default settings is its own row (``_g``: IB gate epochs,
+    ``_b``: IB explore beta, ``_kd``: distillation from the original, ``_r``: widths rounded to another multiple)."""
+    name = method
+    if method.startswith("ib"):
+        name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
+        name += f"_b{args.beta:g}" if args.beta else ""
+    if method != "dense":
+        name += ("_kd" if args.distill else "") + (f"_r{args.round_to}" if args.round_to != 8 else "")
+    return name
 
 
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
@@ -98,15 +103,15 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
                                   criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
                                   gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
                                   gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
-                                  distill=args.distill)
+                                  distill=args.distill, round_to=args.round_to)
         net, rep = result.model, result.report
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
         kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
     return {
-        "model": args.model, "method": label(method, args.gate_epochs, args.beta), "budget_macs": budget, "seed": seed,
+        "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
-        "distill": args.distill,
+        "distill": args.distill, "round_to": args.round_to,
         "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
         "kept_channels": kept, "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"],
         "timings_s": timings,
@@ -124,7 +129,7 @@ def cmd_run(args) -> None:
         cells += [("dense", None, s)] if "dense" in args.methods else []
         cells += [(m, b, s) for b in args.budgets for m in args.methods if m != "dense"]
     for method, budget, seed in cells:
-        path = cell_path(args.model, label(method, args.gate_epochs, args.beta), budget, seed, args.epochs)
+        path = cell_path(args.model, label(method, args), budget, seed, args.epochs)
         if path.exists():
             print(f"[skip] {path.name}")
             continue
@@ -224,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--gate-lr", type=float, default=0.02)
     r.add_argument("--beta", type=float, help="fixed explore beta for ib (default: calibrated)")
     r.add_argument("--batch-size", type=int, default=128)
-    r.add_argument("--distill", action="store_true")
+    r.add_argument("--distill", action="store_true", help="fine-tune (every pruned method) against the original")
+    r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
     r.add_argument("--device", default="auto")
     sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
     args = p.parse_args(argv)
