@@ -262,6 +262,7 @@ def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explor
     Returns the stage's checkpoint: the (gated) weights, the gates, the ranking and the gate schedule's summary.
     """
     if importance is not None:
+        gates.eval()  # untrained gates pass everything (z = mu = 1), without the training noise
         information = importance
         report = {"steps": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
     else:
