@@ -93,9 +93,6 @@ class Checkpoints:
             with atomic_path(self.folder / f"{stage}.pt") as tmp:
                 torch.save(state, tmp)
 
-    def path(self, stage: str) -> Path | None:
-        return None if self.folder is None else self.folder / f"{stage}.pt"
-
     def clear(self) -> None:
         """Delete the checkpoints (the run's outputs are written)."""
         if self.folder is not None:
