@@ -10,9 +10,11 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
 pruning does; ``ib`` ranks by information (nats), which the gate phase has shaped with each channel's cost.
-Every method keeps widths a multiple of 8 (ibprune's default ``round_to``). Ablations: ``ib_per_cost`` ranks
-IB information per unit cost (it counts the cost twice: the gate phase already weighs each channel's KL by it),
-``l1_per_cost`` ranks L1 that way too.
+Every method keeps widths a multiple of 8 (ibprune's default ``round_to``; ``--round-to 4`` gives every method
+finer widths, a row suffixed ``_r4``). Ablations: ``ib_per_cost`` ranks IB information per unit cost (it counts
+the cost twice: the gate phase already weighs each channel's KL by it), ``l1_per_cost`` ranks L1 that way too;
+``--distill`` fine-tunes every pruned method against the original (``_kd``); ``--beta`` and ``--gate-epochs``
+change IB's gate phase (``_b``, ``_g``).
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
