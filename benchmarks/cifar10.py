@@ -39,7 +39,7 @@ import ibprune
 from ibprune import bench, export
 from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders
-from ibprune.files import write_json, write_text
+from ibprune.files import write_figure, write_json, write_text
 from ibprune.models import cifar_resnet
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, steps_for
 
@@ -208,7 +208,7 @@ def cmd_aggregate(args) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "cifar10.png", dpi=120)
+    write_figure(RESULTS / "cifar10.png", fig)
     print("\n".join(md))
 
 
