@@ -51,6 +51,8 @@ def probe(name: str, target: float = 0.6) -> dict:
         out.update(status="ok", groups=r["groups"], macs_before=r["macs_before"], macs_after=r["macs_after"],
                    params_after=r["params_after"], macs_fraction=r["macs_fraction"],
                    function_max_diff=r["function_max_diff"], onnx_max_diff=r["onnx_max_diff"])
+        if r["heads_before"]:
+            out.update(heads_before=r["heads_before"], heads_after=r["heads_after"])
     except ibprune.IbpruneError as err:
         out.update(status="unsupported", reason=f"{type(err).__name__}: {err}")
     except Exception as err:  # anything else is a bug to fix, reported as such
@@ -96,9 +98,9 @@ def cmd_aggregate(args) -> None:
           "(round_to=8) without training, function check against the gated model, ONNX export and onnxruntime "
           "parity. Measured on 2 CPU cores with `python benchmarks/coverage.py run` then `aggregate`.", "",
           "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",
-          "| model | input | status | params before → after | MACs before → after (fraction) | ONNX max diff "
-          "| seconds | reason |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| model | input | status | params before → after | MACs before → after (fraction) | attention heads "
+          "| ONNX max diff | seconds | reason |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cells:
         if c["status"] == "ok":
             sizes = f"{c['params_before'] / 1e6:.2f} M → {c['params_after'] / 1e6:.2f} M"
@@ -108,7 +110,8 @@ def cmd_aggregate(args) -> None:
             sizes = f"{c['params_before'] / 1e6:.2f} M" if "params_before" in c else "—"
             macs = diff = "—"
         reason = c.get("reason", "").replace("|", "\\|")[:240]
-        md.append(f"| {c['model']} | {c.get('input', '—')} | {c['status']} | {sizes} | {macs} | {diff} "
+        heads = f"{c['heads_before']} → {c['heads_after']}" if "heads_after" in c else "—"
+        md.append(f"| {c['model']} | {c.get('input', '—')} | {c['status']} | {sizes} | {macs} | {heads} | {diff} "
                   f"| {c.get('seconds', 0):.0f} | {reason} |")
     write_text(RESULTS / "coverage.md", "\n".join(md) + "\n")
     print("\n".join(md[:6]))

@@ -14,6 +14,7 @@ from torch import nn
 
 from ibprune import bench, export, report
 from ibprune import information as info_picture
+from ibprune.attention import split_heads
 from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
@@ -111,6 +112,7 @@ def compress(
     original = model
     teacher = copy.deepcopy(original).eval() if distill else None
     work = copy.deepcopy(model).to(dev)
+    split_heads(work)  # attention heads become removable units (same function)
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
@@ -221,8 +223,8 @@ def compress(
                      "original_path": str(paths["original"]) if out_dir is not None else None,
                      "max_abs_diff": diffs["compressed"], "original_max_abs_diff": diffs["original"],
                      "opset": export.onnx_opset(paths["compressed"])},
-            "pruned_channels": {g.name: {"kept": g.size - len(removed.get(g.name, [])), "total": g.size}
-                                for g in groups},
+            "pruned_channels": {g.name: {"kept": g.size - len(removed.get(g.name, [])), "total": g.size,
+                                         "unit": g.unit} for g in groups},
             "accuracy": acc,
             "criterion": criterion, "rank_per_cost": rank_per_cost,
             "gates": dict(stage["gate_report"], epochs=gate_epochs, beta_given=beta is not None,

@@ -9,17 +9,27 @@ pruned model with torch-pruning's counter: this model only steers.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from ibprune.attention import Attend, split_heads, splittable
 from ibprune.groups import ChannelGroup, evaluating, is_depthwise
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
-    """``(macs, params)`` of ``model`` at ``example_input``, by torch-pruning's counter."""
+    """``(macs, params)`` of ``model`` at ``example_input``, by torch-pruning's counter.
+
+    Attention layers are counted as ``split_heads`` makes them (on a copy), so an original and its compressed
+    version are counted alike: torch-pruning's counter misses the attention matmuls of Swin's windowed
+    attention, which it cannot see inside a functional call.
+    """
+    if splittable(model):
+        model = copy.deepcopy(model)
+        split_heads(model)
     with evaluating(model):
         macs, params = tp.utils.count_ops_and_params(model, example_input)
     return int(macs), int(params)
@@ -99,5 +109,7 @@ def _width(m: nn.Module) -> tuple[int, int]:
         return m.in_channels, m.out_channels
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features
+    if isinstance(m, Attend):
+        return m.num_heads, m.num_heads
     n = getattr(m, "num_features", 0)
     return n, n

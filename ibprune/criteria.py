@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from ibprune.errors import UnsupportedModelError
 from ibprune.groups import ChannelGroup, build_graph
 from ibprune.train import batches
 
@@ -50,8 +51,20 @@ def criterion_scores(model: nn.Module, example_input: torch.Tensor, groups: list
     scores = {}
     for g in groups:
         root = modules[g.name]
+        if g.unit == "head":  # torch-pruning's group through the q/k/v rows and out_proj columns; mean per head
+            group = graph.get_pruning_group(root.q, tp.prune_linear_out_channels, list(range(root.q.out_features)))
+            scores[g.name] = _score(importance, group, criterion, g).view(g.size, -1).mean(dim=1)
+            continue
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(g.size)))
-        scores[g.name] = importance(group).detach().float().cpu()
+        scores[g.name] = _score(importance, group, criterion, g)
     model.zero_grad(set_to_none=True)
     return scores
+
+
+def _score(importance: tp.importance.Importance, group, criterion: str, g: ChannelGroup) -> torch.Tensor:
+    imp = importance(group)
+    if imp is None:  # e.g. the BN criterion on a group without BatchNorm
+        raise UnsupportedModelError(f"the {criterion!r} criterion cannot score group {g.name} (it has no layer "
+                                    f"that criterion reads); use another criterion")
+    return imp.detach().float().cpu()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibprune.attention import HeadAttention, split_heads
 from ibprune.costs import CostModel, count
 from ibprune.export import check_parity, export_onnx
 from ibprune.gates import GateSet
@@ -29,6 +30,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6
     """
     torch.manual_seed(seed)
     model = copy.deepcopy(model).eval()
+    split_heads(model)
     x = example_input[:1]
     _, groups = find_groups(model, x)
     cost_model = CostModel(model, x, groups)
@@ -49,4 +51,9 @@ def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6
     return {"groups": len(groups), "macs_before": macs_before, "macs_after": macs_after,
             "params_before": params_before, "params_after": params_after, "macs_fraction": macs_after / macs_before,
             "function_max_diff": result.max_abs_diff, "onnx_max_diff": onnx_diff, "output_shape_ok": shape_ok,
-            "model": result.model}
+            "heads_before": _heads(model), "heads_after": _heads(result.model), "model": result.model}
+
+
+def _heads(model: nn.Module) -> int:
+    """Attention heads that ``compress`` can remove (0 when the model has none)."""
+    return sum(m.num_heads for m in model.modules() if isinstance(m, HeadAttention))

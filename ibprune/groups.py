@@ -24,7 +24,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ibprune.attention import HeadAttention
 from ibprune.errors import UnsupportedModelError
+
+# torch-pruning's shape inference warns once per reshape it cannot follow, thousands of times on windowed
+# attention (Swin), at every group search; the function check catches what it gets wrong, so the warning is noise
+warnings.filterwarnings("ignore", message="Maximum recursive depth reached", module="torch_pruning")
 
 #: Layers that read channels and mix them: a zeroed input channel contributes exactly nothing to their output,
 #: so a gate on their input is removed exactly by deleting that input channel.
@@ -41,12 +46,13 @@ class ChannelMap:
 
 @dataclass
 class ChannelGroup:
-    """One prunable group: ``size`` channels, named after the layer whose outputs define them."""
+    """One prunable group: ``size`` channels (or attention heads), named after the layer that defines them."""
 
     name: str
     size: int
     inputs: dict[str, ChannelMap] = field(default_factory=dict)   # layer name -> its input channels in the group
     outputs: dict[str, ChannelMap] = field(default_factory=dict)  # layer name -> its output channels in the group
+    unit: str = "channel"  # "head": one gate position is a whole attention head (``head_group``)
 
     @property
     def gate_sites(self) -> dict[str, ChannelMap]:
@@ -114,7 +120,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
 GRAPH_TIME_LIMIT_S = 180.0
 
 
-class _OutOfTime(Exception):
+class _OutOfTime(BaseException):  # not an Exception: torch-pruning's and our own handlers must not swallow it
     pass
 
 
@@ -148,14 +154,22 @@ def find_groups(
     ignored_layers: list[nn.Module] | None = None,
     graph: tp.DependencyGraph | None = None,
 ) -> tuple[tp.DependencyGraph, list[ChannelGroup]]:
-    """Every prunable channel group of ``model``; the classifier's outputs (and ``ignored_layers``) are excluded."""
+    """Every prunable channel group of ``model``; the classifier's outputs (and ``ignored_layers``) are excluded.
+
+    The heads of each ``HeadAttention`` (see ``ibprune.attention.split_heads``) form one group of their own,
+    one gate position per head; torch-pruning's channel groups through their projections are left out.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    attention = [m for m in model.modules() if isinstance(m, HeadAttention)]
     ignored = list(ignored_layers or []) + classifier_layers(model, example_input)
+    heads = [head_group(names[m], m) for m in attention if m not in ignored and m.num_heads > 1]
+    ignored += [p for m in attention for p in (m.q, m.k, m.v)]
     with _time_limit(GRAPH_TIME_LIMIT_S, "torch-pruning's channel-group search"):
         graph = graph or build_graph(model, example_input)
-        found = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=MIXING))
-    names = {m: n for n, m in model.named_modules()}
+        normed = [m for m in graph.module2node if isinstance(m, MIXING) and m not in ignored and _feeds_norm(graph, m)]
+        found = list(graph.get_all_groups(ignored_layers=ignored + normed, root_module_types=MIXING))
     groups: list[ChannelGroup] = []
-    skipped, normed = [], []
+    skipped, normed = [], [names[m] for m in normed]
     for g in found:
         root = g[0].dep.target.module
         if any(is_grouped(item.dep.target.module) for item in g.items):
@@ -174,6 +188,7 @@ def find_groups(
             target = group.inputs if reads and not is_depthwise(module) else group.outputs
             _merge(target, names[module], cmap)
         groups.append(group)
+    groups += heads
     if skipped:
         warnings.warn(f"{len(skipped)} channel group(s) pass through grouped convolutions and stay unpruned "
                       f"(their channels must leave in equal numbers per conv group): {', '.join(skipped[:5])}"
@@ -188,6 +203,41 @@ def find_groups(
         raise UnsupportedModelError("torch-pruning found no prunable channel group in this model"
                                     + (f" (every group passes through {' or '.join(why)})" if why else ""))
     return graph, groups
+
+
+def _feeds_norm(graph: tp.DependencyGraph, layer: nn.Module) -> bool:
+    """Whether ``layer``'s output channels reach a LayerNorm-like layer without passing a channel-mixing layer.
+
+    Such a layer's group contains that norm and stays unpruned; knowing it before torch-pruning's group search
+    skips the search, which on windowed attention (Swin) multiplies indices through every reshape of the
+    residual stream and does not finish. Only forward paths are followed, so a group it misses is still caught
+    after the search.
+    """
+    start = graph.module2node[layer]
+    stack, seen = [start], {start}
+    while stack:
+        for node in stack.pop().outputs:
+            if node in seen:
+                continue
+            seen.add(node)
+            if isinstance(node.module, CHANNEL_NORMS):
+                return True
+            if not (isinstance(node.module, MIXING) and not is_depthwise(node.module)):
+                stack.append(node)
+    return False
+
+
+def head_group(name: str, attention: HeadAttention) -> ChannelGroup:
+    """The heads of ``attention`` as one group: gate position ``h`` covers head ``h``'s ``head_dim`` channels
+    where ``out_proj`` reads them (the gate site), and its rows of ``q``, ``k``, ``v``."""
+    d, n = attention.head_dim, attention.num_heads
+    per_channel = ChannelMap(list(range(n * d)), [c // d for c in range(n * d)])
+    group = ChannelGroup(name=name, size=n, unit="head")
+    group.inputs[f"{name}.out_proj"] = per_channel
+    for proj in ("q", "k", "v"):
+        group.outputs[f"{name}.{proj}"] = ChannelMap(list(per_channel.channels), list(per_channel.gates))
+    group.outputs[f"{name}.attend"] = ChannelMap(list(range(n)), list(range(n)))
+    return group
 
 
 def _merge(maps: dict[str, ChannelMap], name: str, cmap: ChannelMap) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from ibprune.costs import CostModel
 from ibprune.gates import GateSet
-from ibprune.prune import plan_removal, scores
+from ibprune.prune import block_sizes, plan_removal, scores
 
 
 class GatePressure:
@@ -63,7 +63,7 @@ class GatePressure:
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
         self.removal = plan_removal(scores(self.gates.information(), self.costs, self.per_cost),
-                                    self.cost_model, self.target, self.round_to)
+                                    self.cost_model, self.target, block_sizes(self.gates.groups, self.round_to))
         self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
         for n, idxs in self.removal.items():
             self.weights[n][idxs] = self.costs[n][idxs]

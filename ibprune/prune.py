@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ibprune.attention import HeadAttention, split_heads
 from ibprune.costs import CostModel, count
 from ibprune.errors import BudgetError, PruningMismatchError, UnsupportedModelError
 from ibprune.gates import GateSet
@@ -46,8 +47,15 @@ def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.
     return {n: information[n] / channel_costs[n].clamp_min(1e-6) for n in information}
 
 
+def block_sizes(groups: list[ChannelGroup], round_to: int | None) -> dict[str, int]:
+    """How many gate positions leave together, per group: ``round_to`` channels, or one attention head (a head
+    is already ``head_dim`` channels wide)."""
+    return {g.name: 1 if g.unit == "head" else max(1, round_to or 1) for g in groups}
+
+
 def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: float,
-                 round_to: int | None = None, min_channels: int = 1, tolerance: float = 0.03) -> dict[str, list[int]]:
+                 round_to: int | dict[str, int] | None = None, min_channels: int = 1,
+                 tolerance: float = 0.03) -> dict[str, list[int]]:
     """Which channels to remove so the estimated cost fraction is ``<= target`` (and, where the widths allow it,
     ``>= target - tolerance``), discarding as little score as possible.
 
@@ -56,12 +64,13 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     Blocks of all groups are ranked together by mean score and the shortest prefix of that ranking that meets
     the budget is taken (the cost falls monotonically along it, so a binary search finds it). Coarse blocks can
     overshoot by a whole block; then blocks are given back, or traded for a cheaper block of another group,
-    while the budget holds, losing the least score.
+    while the budget holds, losing the least score. ``round_to`` may differ per group (``block_sizes``).
     """
-    step = max(1, round_to or 1)
-    floor = max(min_channels, step)
+    steps = round_to if isinstance(round_to, dict) else dict.fromkeys(score, max(1, round_to or 1))
     per_group: dict[str, list[tuple[float, list[int]]]] = {}  # group -> its blocks, in the order they leave
     for name, s in score.items():
+        step = steps.get(name, 1)
+        floor = max(min_channels, step)
         order = torch.argsort(s, stable=True).tolist()
         start, blocks = 0, []
         while len(order) - start - ((len(order) - start) % step or step) >= floor:
@@ -85,8 +94,8 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     if narrowest > target:
         raise BudgetError(
             f"budget {target:.3f} of the original {cost_model.metric} is below what the narrowest network "
-            f"reaches here ({narrowest:.3f}, keeping at least {floor} channel(s) per group"
-            + (f", widths multiples of {round_to}" if round_to else "") + ")")
+            f"reaches here ({narrowest:.3f}, keeping at least {max([min_channels, *steps.values()])} channel(s) "
+            f"per group" + (f", widths multiples of {max(steps.values())}" if max(steps.values()) > 1 else "") + ")")
     ranking = sorted(((total / len(idxs), n) for n, blocks in per_group.items() for total, idxs in blocks),
                      key=lambda b: b[0])
 
@@ -121,13 +130,24 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
 
 
 def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict[str, list[int]]) -> nn.Module:
-    """Physically delete ``removed`` channels (group -> root output positions) from ``model``, in place."""
+    """Physically delete ``removed`` channels (group -> root output positions) from ``model``, in place.
+
+    Attention layers are first split into removable heads (``ibprune.attention.split_heads``), as ``compress``
+    does, so the same ``removed`` rebuilds a compressed model from its original."""
+    split_heads(model)
     graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     for name, idxs in removed.items():
         if not idxs:
             continue
         root = modules[name]
+        if isinstance(root, HeadAttention):
+            before = root.num_heads
+            root.remove_heads(idxs)
+            parent = model.get_submodule(name.rpartition(".")[0])
+            if parent is not root and getattr(parent, "num_heads", None) == before:  # e.g. torchvision's block
+                parent.num_heads = root.num_heads
+            continue
         pruner = graph.get_pruner_of_module(root)
         graph.get_pruning_group(root, pruner.prune_out_channels, sorted(idxs)).prune()
     return model
@@ -163,7 +183,7 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     aim = target
     with evaluating(model), evaluating(gates):
         for _ in range(8):
-            removed = plan_removal(score, cost_model, aim, round_to)
+            removed = plan_removal(score, cost_model, aim, block_sizes(groups, round_to))
             slim, diff = _check_or_blame(model, gates, groups, removed, example_input, probe)
             macs, params = count(slim, example_input.to(device))
             fraction = (macs if cost_model.metric == "macs" else params) / cost_model.total

@@ -89,7 +89,8 @@ def markdown(rep: dict) -> str:
         "`gated`: with the trained gates (eval, z = mu); `pruned`: channels removed, before fine-tuning.", "",
         "## Channels kept per group", "",
         "| group | kept / total | information (nats, sum) |", "| --- | --- | --- |",
-        *(f"| `{name}` | {v['kept']} / {v['total']} | {_nats(rep, name)} |"
+        *(f"| `{name}` | {v['kept']} / {v['total']}{' heads' if v.get('unit') == 'head' else ''} | "
+          f"{_nats(rep, name)} |"
           for name, v in rep["pruned_channels"].items()),
         "",
         *_picture(rep),

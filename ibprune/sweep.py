@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ibprune.api import CompressResult, budget_of, compress
+from ibprune.attention import split_heads
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.errors import BudgetError
@@ -87,6 +88,7 @@ def compress_sweep(
     if pending and explored is None:
         t0 = time.perf_counter()
         work = copy.deepcopy(model).to(dev)
+        split_heads(work)
         check_inputs(work, train_loader, example_input)
         _, groups = find_groups(work, example_input, compress_kwargs.get("ignored_layers"))
         cost_model = CostModel(work, example_input, groups, metric)
