@@ -94,9 +94,12 @@ def cmd_aggregate(args) -> None:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     write_json(RESULTS / "coverage.json", {"models": cells, "counts": counts})
     md = ["# Coverage: torchvision classifiers", "",
-          "Per model: random weights, num_classes=10, the gates' means drawn at random, pruned to 0.6 of the MACs "
-          "(round_to=8) without training, function check against the gated model, ONNX export and onnxruntime "
-          "parity. Measured on 2 CPU cores with `python benchmarks/coverage.py run` then `aggregate`.", "",
+          "Per model: random weights (all-zero weight tensors, such as ViT's classifier, get small random values so "
+          "that the checks are not vacuous), num_classes=10, attention rewritten into head-removable modules, the "
+          "gates' means drawn at random, pruned to 0.6 of the MACs (round_to=8; attention heads leave whole) "
+          "without training, function check against the gated model, ONNX export and onnxruntime parity. "
+          "Measured on 2 CPU cores (shared with other runs: the seconds are indicative) with "
+          "`python benchmarks/coverage.py run` then `aggregate`.", "",
           "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",
           "| model | input | status | params before → after | MACs before → after (fraction) | attention heads "
           "| ONNX max diff | seconds | reason |",

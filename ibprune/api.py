@@ -14,7 +14,6 @@ from torch import nn
 
 from ibprune import bench, export, report
 from ibprune import information as info_picture
-from ibprune.attention import split_heads
 from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
@@ -26,6 +25,7 @@ from ibprune.groups import find_groups
 from ibprune.objective import train_gates
 from ibprune.prune import preflight, prune_to_budget, remove_channels
 from ibprune.resume import Checkpoints, rng_state, set_rng_state
+from ibprune.rewrite import rewrite
 from ibprune.robustness import adversarial_accuracy
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
@@ -112,7 +112,7 @@ def compress(
     original = model
     teacher = copy.deepcopy(original).eval() if distill else None
     work = copy.deepcopy(model).to(dev)
-    split_heads(work)  # attention heads become removable units (same function)
+    rewrite(work)  # attention heads, channel shuffles: exposed to pruning, same function
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)

@@ -11,8 +11,14 @@ of width ``num_heads * head_dim``, an ``attend`` module for the per-head softmax
   the gated network computes with that gate shut, and lowers ``num_heads``;
 * the attention matmuls are counted by torch-pruning's MACs counter (``attend`` registers a counter).
 
-``split_heads`` swaps every ``nn.MultiheadAttention`` it can represent exactly for a ``HeadAttention`` with the
-same weights, in place.
+torchvision's Swin attention has the same problem (it calls its projections' weights functionally), and
+MaxViT's packs q/k/v in one projection (``GridAttention`` is its equivalent):
+``WindowAttention`` and ``WindowAttentionV2`` are the head-removable equivalents of ``ShiftedWindowAttention``
+and ``ShiftedWindowAttentionV2``; a removed head also takes its column of the position-bias table (v1) or its
+output of the bias MLP and its temperature (v2).
+
+``split_heads`` swaps every attention layer it can represent exactly for its equivalent with the same weights,
+in place.
 """
 
 from __future__ import annotations
@@ -24,22 +30,24 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
-from torchvision.models.swin_transformer import ShiftedWindowAttention
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 
 class Attend(nn.Module):
-    """``softmax(q k^T / sqrt(d) + mask) v`` for ``(batch, heads, length, head_dim)`` tensors."""
+    """``softmax(q k^T * scale + mask) v`` for ``(batch, heads, length, head_dim)`` tensors (``scale``: 1 / sqrt(d)
+    unless given)."""
 
     def __init__(self, num_heads: int, dropout: float = 0.0, fused: bool = True) -> None:
         super().__init__()
         self.num_heads, self.dropout, self.fused = num_heads, dropout, fused
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                need_weights: bool = False, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         p = self.dropout if self.training else 0.0
         if self.fused and not need_weights:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
-        logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale), None
+        logits = q @ k.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
         weights = torch.softmax(logits if mask is None else logits + mask, dim=-1)
         return F.dropout(weights, p) @ v, weights
 
@@ -156,14 +164,33 @@ class WindowAttention(HeadAttention):
         super().__init__(dim, num_heads, bias=qkv_bias, out_bias=proj_bias, dropout=attention_dropout,
                          batch_first=True)
         self.window_size, self.shift_size, self.dropout = list(window_size), list(shift_size), dropout
-        # torch.onnx cannot export the fused CPU attention kernel over a (batch x windows) dimension
+        # torch.onnx cannot export the fused CPU attention kernel over a (batch x windows) dimension (torch 2.14)
         self.attend.fused = False
         wh, ww = self.window_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
         coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
         self.register_buffer("relative_position_index", ((rel[..., 0] + wh - 1) * (2 * ww - 1)
                                                          + rel[..., 1] + ww - 1).flatten())
+        self._init_position_bias()
+
+    def _init_position_bias(self) -> None:
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+
+    def _copy_position_bias(self, swa: nn.Module) -> None:
+        self.relative_position_bias_table.copy_(swa.relative_position_bias_table)
+
+    def _position_bias(self) -> torch.Tensor:
+        """``(heads, tokens, tokens)``: the bias each head adds to its attention logits."""
+        n = self.window_size[0] * self.window_size[1]
+        return self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+
+    def _scaled(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Queries and keys as the logits use them, and the scale of ``q k^T``."""
+        return q, k, None
+
+    def _remove_position_bias(self, keep: list[int]) -> None:
+        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
 
     @classmethod
     def from_torch(cls, swa: nn.Module) -> WindowAttention:
@@ -178,7 +205,7 @@ class WindowAttention(HeadAttention):
                 if layer.bias is not None:
                     layer.bias.copy_(swa.qkv.bias[i * e:(i + 1) * e])
             new.out_proj.load_state_dict(swa.proj.state_dict())
-            new.relative_position_bias_table.copy_(swa.relative_position_bias_table)
+            new._copy_position_bias(swa)
         return new.train(swa.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,14 +218,13 @@ class WindowAttention(HeadAttention):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         windows = (x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
                    .reshape(-1, wh * ww, c))                                    # (b * windows, tokens, c)
-        n = wh * ww
         heads = (self.num_heads, self.head_dim)
         q, k, v = (proj(windows).unflatten(-1, heads).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        mask = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
-        mask = mask.unsqueeze(0)                                                 # (1, heads, n, n)
+        q, k, scale = self._scaled(q, k)
+        mask = self._position_bias().unsqueeze(0)                                # (1, heads, n, n)
         if sum(shift):
             mask = (mask + self._shift_mask(ph, pw, shift, x).unsqueeze(1)).repeat(b, 1, 1, 1)
-        out, _ = self.attend(q, k, v, mask)
+        out, _ = self.attend(q, k, v, mask, scale=scale)
         out = F.dropout(self.out_proj(out.transpose(1, 2).flatten(2)), self.dropout, self.training)
         out = out.view(b, ph // wh, pw // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
         if sum(shift):
@@ -222,6 +248,84 @@ class WindowAttention(HeadAttention):
         """As ``HeadAttention.remove_heads``, and the removed heads' column of the position-bias table."""
         keep = [i for i in range(self.num_heads) if i not in set(heads)]
         super().remove_heads(heads)
+        self._remove_position_bias(keep)
+
+
+class WindowAttentionV2(WindowAttention):
+    """torchvision's ``ShiftedWindowAttentionV2`` (Swin v2) with removable heads: cosine attention with a learned
+    temperature per head, and a position bias per head from a small MLP (``cpb_mlp``)."""
+
+    def _init_position_bias(self) -> None:
+        self.k.register_parameter("bias", None)  # v2 zeroes the key bias
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(self.num_heads, 1, 1)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, self.num_heads,
+                                                                                           bias=False))
+        wh, ww = self.window_size
+        self.register_buffer("relative_coords_table", torch.zeros(1, 2 * wh - 1, 2 * ww - 1, 2))
+
+    def _copy_position_bias(self, swa: nn.Module) -> None:
+        self.logit_scale.copy_(swa.logit_scale)
+        self.cpb_mlp.load_state_dict(swa.cpb_mlp.state_dict())
+        self.relative_coords_table.copy_(swa.relative_coords_table)
+
+    def _position_bias(self) -> torch.Tensor:
+        n = self.window_size[0] * self.window_size[1]
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        return 16 * torch.sigmoid(table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1))
+
+    def _scaled(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        temperature = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        return F.normalize(q, dim=-1) * temperature, F.normalize(k, dim=-1), 1.0
+
+    def _remove_position_bias(self, keep: list[int]) -> None:
+        tp.prune_linear_out_channels(self.cpb_mlp[2], [i for i in range(self.cpb_mlp[2].out_features)
+                                                        if i not in keep])
+        self.logit_scale = nn.Parameter(self.logit_scale.data[keep].clone())
+
+
+class GridAttention(HeadAttention):
+    """torchvision's MaxViT ``RelativePositionalMultiHeadAttention`` with removable heads: attention within each
+    of ``G`` groups of ``P`` tokens of a ``(batch, G, P, features)`` tensor, plus a bias per head and relative
+    position."""
+
+    def __init__(self, feat_dim: int, head_dim: int, max_seq_len: int) -> None:
+        super().__init__(feat_dim, feat_dim // head_dim, head_dim, batch_first=True)
+        self.scale = feat_dim ** -0.5  # MaxViT scales by the full width, not the head width: kept as a constant
+        self.attend.fused = False  # as in WindowAttention: batch x groups defeats torch.onnx's fused kernel
+        self.max_seq_len = max_seq_len
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * int(math.sqrt(max_seq_len)) - 1) ** 2,
+                                                                     self.num_heads))
+        self.register_buffer("relative_position_index", torch.zeros(max_seq_len, max_seq_len, dtype=torch.long))
+
+    @classmethod
+    def from_torch(cls, rpa: nn.Module) -> GridAttention:
+        """The same function as torchvision's ``RelativePositionalMultiHeadAttention`` ``rpa`` (weights copied)."""
+        e = rpa.n_heads * rpa.head_dim
+        new = cls(rpa.merge.out_features, rpa.head_dim, rpa.max_seq_len)
+        new.to(rpa.merge.weight.device, rpa.merge.weight.dtype)
+        with torch.no_grad():
+            for i, layer in enumerate((new.q, new.k, new.v)):
+                layer.weight.copy_(rpa.to_qkv.weight[i * e:(i + 1) * e])
+                layer.bias.copy_(rpa.to_qkv.bias[i * e:(i + 1) * e])
+            new.out_proj.load_state_dict(rpa.merge.state_dict())
+            new.relative_position_bias_table.copy_(rpa.relative_position_bias_table)
+            new.relative_position_index.copy_(rpa.relative_position_index.view(new.max_seq_len, -1))
+        return new.train(rpa.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, _ = x.shape
+        tokens = x.reshape(b * g, p, -1)
+        heads = (self.num_heads, self.head_dim)
+        q, k, v = (proj(tokens).unflatten(-1, heads).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        bias = self.relative_position_bias_table[self.relative_position_index.flatten()]
+        mask = bias.view(self.max_seq_len, self.max_seq_len, -1).permute(2, 0, 1).unsqueeze(0)
+        out, _ = self.attend(q, k, v, mask, scale=self.scale)
+        return self.out_proj(out.transpose(1, 2).flatten(2)).view(b, g, p, -1)
+
+    def remove_heads(self, heads: list[int]) -> None:
+        """As ``HeadAttention.remove_heads``, and the removed heads' column of the position-bias table."""
+        keep = [i for i in range(self.num_heads) if i not in set(heads)]
+        super().remove_heads(heads)
         self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
 
 
@@ -238,8 +342,8 @@ def representable(mha: nn.MultiheadAttention) -> str | None:
 
 def splittable(model: nn.Module) -> bool:
     """Whether ``split_heads`` would replace any layer of ``model``."""
-    return any(type(m) is ShiftedWindowAttention or isinstance(m, nn.MultiheadAttention) and representable(m) is None
-               for m in model.modules())
+    return any(type(m) in (ShiftedWindowAttention, ShiftedWindowAttentionV2, RelativePositionalMultiHeadAttention)
+               or isinstance(m, nn.MultiheadAttention) and representable(m) is None for m in model.modules())
 
 
 def split_heads(model: nn.Module) -> list[str]:
@@ -251,8 +355,10 @@ def split_heads(model: nn.Module) -> list[str]:
     """
     replaced, kept = [], []
     for name, module in list(model.named_modules()):
-        if type(module) is ShiftedWindowAttention:  # not V2: its cosine attention and bias MLP are not modelled
-            new = WindowAttention.from_torch(module)
+        if type(module) in (ShiftedWindowAttention, ShiftedWindowAttentionV2):
+            new = (WindowAttention if type(module) is ShiftedWindowAttention else WindowAttentionV2).from_torch(module)
+        elif type(module) is RelativePositionalMultiHeadAttention:
+            new = GridAttention.from_torch(module)
         elif isinstance(module, nn.MultiheadAttention):
             why = representable(module) if name else "the model itself"
             if why is not None:

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ibprune import shuffle
 from ibprune.attention import HeadAttention
 from ibprune.errors import UnsupportedModelError
 
@@ -106,7 +107,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
     """torch-pruning's dependency graph of ``model`` traced on ``example_input``."""
     with torch.enable_grad(), evaluating(model):
         try:
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
+                                                         customized_pruners=shuffle.PRUNERS)
         except Exception as err:  # torch-pruning fails in many ways on graphs it does not understand
             where = traceback.extract_tb(err.__traceback__)[-1]
             raise UnsupportedModelError(
@@ -163,13 +165,14 @@ def find_groups(
     attention = [m for m in model.modules() if isinstance(m, HeadAttention)]
     ignored = list(ignored_layers or []) + classifier_layers(model, example_input)
     heads = [head_group(names[m], m) for m in attention if m not in ignored and m.num_heads > 1]
-    ignored += [p for m in attention for p in (m.q, m.k, m.v)]
+    ignored += [layer for m in attention for layer in m.modules()  # q, k, v (and Swin v2's bias MLP)
+                if isinstance(layer, MIXING) and layer is not m.out_proj]
     with _time_limit(GRAPH_TIME_LIMIT_S, "torch-pruning's channel-group search"):
         graph = graph or build_graph(model, example_input)
         normed = [m for m in graph.module2node if isinstance(m, MIXING) and m not in ignored and _feeds_norm(graph, m)]
         found = list(graph.get_all_groups(ignored_layers=ignored + normed, root_module_types=MIXING))
     groups: list[ChannelGroup] = []
-    skipped, normed = [], [names[m] for m in normed]
+    skipped, shuffled, normed = [], [], [names[m] for m in normed]
     for g in found:
         root = g[0].dep.target.module
         if any(is_grouped(item.dep.target.module) for item in g.items):
@@ -177,6 +180,9 @@ def find_groups(
             continue
         if any(isinstance(item.dep.target.module, CHANNEL_NORMS) for item in g.items):
             normed.append(names[root])
+            continue
+        if any(isinstance(item.dep.target.module, shuffle.ChannelShuffle) for item in g.items):
+            shuffled.append(names[root])
             continue
         group = ChannelGroup(name=names[root], size=len(g[0].idxs))
         for item in g.items:
@@ -197,9 +203,13 @@ def find_groups(
         warnings.warn(f"{len(normed)} channel group(s) pass through LayerNorm/GroupNorm, which normalise across "
                       f"channels, and stay unpruned (e.g. a transformer's residual width): "
                       f"{', '.join(normed[:5])}" + (" ..." if len(normed) > 5 else ""), stacklevel=2)
+    if shuffled:
+        warnings.warn(f"{len(shuffled)} channel group(s) reach a channel shuffle, which interleaves two branches' "
+                      f"channels, and stay unpruned (the channels inside each branch are pruned): "
+                      f"{', '.join(shuffled[:5])}" + (" ..." if len(shuffled) > 5 else ""), stacklevel=2)
     if not groups:
-        why = [w for w, found_any in (("a grouped convolution", skipped), ("a LayerNorm/GroupNorm", normed))
-               if found_any]
+        why = [w for w, found_any in (("a grouped convolution", skipped), ("a LayerNorm/GroupNorm", normed),
+                                      ("a channel shuffle", shuffled)) if found_any]
         raise UnsupportedModelError("torch-pruning found no prunable channel group in this model"
                                     + (f" (every group passes through {' or '.join(why)})" if why else ""))
     return graph, groups

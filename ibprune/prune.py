@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ibprune.attention import HeadAttention, split_heads
+from ibprune.attention import HeadAttention
 from ibprune.costs import CostModel, count
 from ibprune.errors import BudgetError, PruningMismatchError, UnsupportedModelError
 from ibprune.gates import GateSet
 from ibprune.groups import ChannelGroup, build_graph, evaluating
+from ibprune.rewrite import rewrite
 
 
 @dataclass
@@ -132,9 +133,9 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
 def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict[str, list[int]]) -> nn.Module:
     """Physically delete ``removed`` channels (group -> root output positions) from ``model``, in place.
 
-    Attention layers are first split into removable heads (``ibprune.attention.split_heads``), as ``compress``
-    does, so the same ``removed`` rebuilds a compressed model from its original."""
-    split_heads(model)
+    The model is first rewritten as ``compress`` rewrites it (``ibprune.rewrite``), so the same ``removed``
+    rebuilds a compressed model from its original."""
+    rewrite(model)
     graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     for name, idxs in removed.items():

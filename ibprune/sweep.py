@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ibprune.api import CompressResult, budget_of, compress
-from ibprune.attention import split_heads
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.errors import BudgetError
@@ -30,6 +29,7 @@ from ibprune.groups import find_groups
 from ibprune.objective import train_gates
 from ibprune.prune import preflight
 from ibprune.resume import Checkpoints
+from ibprune.rewrite import rewrite
 from ibprune.train import pick_device, steps_for
 
 
@@ -88,7 +88,7 @@ def compress_sweep(
     if pending and explored is None:
         t0 = time.perf_counter()
         work = copy.deepcopy(model).to(dev)
-        split_heads(work)
+        rewrite(work)
         check_inputs(work, train_loader, example_input)
         _, groups = find_groups(work, example_input, compress_kwargs.get("ignored_layers"))
         cost_model = CostModel(work, example_input, groups, metric)

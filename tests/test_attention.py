@@ -2,10 +2,11 @@ import pytest
 import torch
 import torch_pruning as tp
 from torch import nn
-from torchvision.models.swin_transformer import ShiftedWindowAttention
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 import ibprune
-from ibprune.attention import HeadAttention, WindowAttention, split_heads
+from ibprune.attention import GridAttention, HeadAttention, WindowAttention, WindowAttentionV2, split_heads
 from ibprune.costs import count
 from ibprune.criteria import criterion_scores
 from ibprune.groups import find_groups
@@ -134,9 +135,15 @@ def test_criteria_score_heads(criterion, random_loader):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (6, 10)])  # (6, 10): padded to whole windows
-def test_window_attention_computes_what_swin_attention_does_and_loses_heads_exactly(size):
-    swa = ShiftedWindowAttention(16, [4, 4], [2, 2], num_heads=4).eval()
-    new = WindowAttention.from_torch(swa).eval()
+@pytest.mark.parametrize("version", [1, 2])
+def test_window_attention_computes_what_swin_attention_does_and_loses_heads_exactly(size, version):
+    torch_class, our_class = {1: (ShiftedWindowAttention, WindowAttention),
+                              2: (ShiftedWindowAttentionV2, WindowAttentionV2)}[version]
+    swa = torch_class(16, [4, 4], [2, 2], num_heads=4).eval()
+    if version == 2:  # away from the initial values, so that a head mix-up would show
+        with torch.no_grad():
+            swa.logit_scale.uniform_(1.0, 3.0)
+    new = our_class.from_torch(swa).eval()
     x = torch.randn(2, *size, 16)
     with torch.no_grad():
         assert torch.allclose(new(x), swa(x), atol=1e-5)
@@ -145,7 +152,7 @@ def test_window_attention_computes_what_swin_attention_does_and_loses_heads_exac
         ref = new(x)
         shut.remove()
         new.remove_heads([2, 0])
-        assert new.num_heads == 2 and new.relative_position_bias_table.shape[1] == 2
+        assert new.num_heads == 2 and new._position_bias().shape[0] == 2
         assert torch.allclose(new(x), ref, atol=1e-5)
 
 
@@ -158,3 +165,20 @@ def test_swin_attention_is_split_and_counted_with_its_matmuls():
     projections = 4 * 64 * 16 * 16 + 4 * 16  # q, k, v, out_proj over 64 tokens, plus one bias add each
     attention = 4 * 4 * (16 * 4 + 16 * 16 * (4 + 1 + 4))  # 4 windows x 4 heads of 16 tokens, head_dim 4
     assert before == after == projections + attention
+
+
+def test_grid_attention_computes_what_maxvit_attention_does_and_loses_heads_exactly():
+    rpa = RelativePositionalMultiHeadAttention(32, 8, 16).eval()  # 4 heads over groups of 16 tokens
+    with torch.no_grad():
+        rpa.relative_position_bias_table.normal_()
+    new = GridAttention.from_torch(rpa).eval()
+    x = torch.randn(2, 3, 16, 32)
+    with torch.no_grad():
+        assert torch.allclose(new(x), rpa(x), atol=1e-5)
+        shut = new.out_proj.register_forward_pre_hook(
+            lambda m, a: (a[0].unflatten(-1, (4, 8)).index_fill(-2, torch.tensor([3]), 0.0).flatten(-2),))
+        ref = new(x)
+        shut.remove()
+        new.remove_heads([3])
+        assert new.num_heads == 3 and new.relative_position_bias_table.shape[1] == 3
+        assert torch.allclose(new(x), ref, atol=1e-5)
