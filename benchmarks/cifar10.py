@@ -193,21 +193,28 @@ def cmd_aggregate(args) -> None:
            "| method | model | base acc | pruned acc | MACs reduction |", "| --- | --- | --- | --- | --- |",
            *(f"| {m} | {mo} | {b} | {p} | {s}x |" for m, mo, b, p, s in PUBLISHED), "",
            "Reproduce: `python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 "
-           "--seeds 0 1`, then `python benchmarks/cifar10.py aggregate`.", ""]
+           "--seeds 0 1` (ResNet-56: `run --model resnet56 --methods ib l1 taylor dense --budgets 0.5 --seeds 0`), "
+           "then `python benchmarks/cifar10.py aggregate`.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in table}, key=lambda m: (m not in METHODS, m)):
-        pts = [r for r in table if r["method"] == method]
-        if pts:
-            ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],
-                        yerr=[r["test_accuracy_std"] for r in pts], fmt="o" if method != "dense" else "*",
-                        ms=8 if method == "dense" else 6, capsize=3, label=method)
-    ax.set_xlabel("MACs kept (fraction of the original)")
-    ax.set_ylabel("test accuracy (%) on CIFAR-10 JPEG")
-    ax.set_title("Accuracy against MACs, equal epoch budget")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    panels = sorted({(r["model"], r["epochs"]) for r in table})  # one panel per model and epoch budget
+    methods = sorted({r["method"] for r in table}, key=lambda m: (m not in METHODS, m))
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.2, 4.5), squeeze=False)
+    for ax, (model, epochs) in zip(axes[0], panels):
+        for method in methods:
+            pts = [r for r in table if r["method"] == method and (r["model"], r["epochs"]) == (model, epochs)]
+            if pts:
+                ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],
+                            yerr=[r["test_accuracy_std"] for r in pts], fmt="o" if method != "dense" else "*",
+                            ms=9 if method == "dense" else 6, capsize=3, color=colours[method], label=method)
+        ax.set_title(f"{model}, {epochs:g} epochs")
+        ax.set_xlabel("MACs kept (fraction of the original)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%) on CIFAR-10 JPEG")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+    fig.suptitle("Accuracy against MACs, equal epoch budget per panel")
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.2 * len(panels) + 2.2), 1))
     write_figure(RESULTS / "cifar10.png", fig)
     print("\n".join(md))
 
