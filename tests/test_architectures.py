@@ -1,7 +1,7 @@
-"""One model of each torchvision family: it compresses correctly, or it is refused up front with a named reason.
+"""One model of each torchvision family compresses correctly; what torch-pruning misreads is refused up front.
 
-ConvNeXt and ViT compress through the groups that avoid LayerNorm (MLP hidden units, and ViT's attention heads,
-one gate per head); their residual width stays, with a warning.
+ConvNeXt, ViT and Swin compress through the groups that avoid LayerNorm (MLP hidden units, and the attention
+heads, one gate per head); their residual width stays, with a warning. ShuffleNet prunes inside its branches.
 
 Random weights, small inputs, no training (``ibprune.check_model``): groups, preflight, a prune to 0.6 of the
 MACs, the function check, ONNX export and onnxruntime parity. ``benchmarks/coverage.py`` runs every model.
