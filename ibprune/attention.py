@@ -87,19 +87,22 @@ class HeadAttention(nn.Module):
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> HeadAttention:
         """The same function as ``mha`` (weights copied)."""
-        e = mha.embed_dim
-        new = cls(e, mha.num_heads, bias=mha.in_proj_bias is not None, out_bias=mha.out_proj.bias is not None,
-                  dropout=mha.dropout, batch_first=mha.batch_first)
+        new = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None,
+                  out_bias=mha.out_proj.bias is not None, dropout=mha.dropout, batch_first=mha.batch_first)
         new.to(mha.out_proj.weight.device, mha.out_proj.weight.dtype)
-        with torch.no_grad():
-            for i, layer in enumerate((new.q, new.k, new.v)):
-                layer.weight.copy_(mha.in_proj_weight[i * e:(i + 1) * e])
-                if layer.bias is not None:
-                    layer.bias.copy_(mha.in_proj_bias[i * e:(i + 1) * e])
-            new.out_proj.weight.copy_(mha.out_proj.weight)
-            if new.out_proj.bias is not None:
-                new.out_proj.bias.copy_(mha.out_proj.bias)
+        new._load_projections(mha.in_proj_weight, mha.in_proj_bias, mha.out_proj)
         return new.train(mha.training)
+
+    @torch.no_grad()
+    def _load_projections(self, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None, out: nn.Linear) -> None:
+        """Copy a packed ``[q; k; v]`` projection into ``q``, ``k``, ``v`` (a bias only where the layer has one)
+        and ``out`` into ``out_proj``."""
+        e = self.q.out_features
+        for i, layer in enumerate((self.q, self.k, self.v)):
+            layer.weight.copy_(qkv_weight[i * e:(i + 1) * e])
+            if layer.bias is not None:
+                layer.bias.copy_(qkv_bias[i * e:(i + 1) * e])
+        self.out_proj.load_state_dict(out.state_dict())
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
@@ -146,12 +149,21 @@ class HeadAttention(nn.Module):
         heads = sorted(set(heads))
         if len(heads) >= self.num_heads:
             raise ValueError(f"cannot remove all {self.num_heads} heads")
+        keep = [h for h in range(self.num_heads) if h not in heads]
         channels = [h * self.head_dim + i for h in heads for i in range(self.head_dim)]
         for proj in (self.q, self.k, self.v):
             tp.prune_linear_out_channels(proj, channels)
         tp.prune_linear_in_channels(self.out_proj, channels)
         self.num_heads -= len(heads)
         self.attend.num_heads = self.num_heads
+        self._remove_position_bias(keep)
+
+    def _remove_position_bias(self, keep: list[int]) -> None:
+        """Keep only heads ``keep`` of any per-head parameter besides the projections (none here)."""
+
+    def _keep_bias_columns(self, keep: list[int]) -> None:
+        """``_remove_position_bias`` for a ``relative_position_bias_table`` with one column per head."""
+        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
 
 
 class WindowAttention(HeadAttention):
@@ -189,22 +201,16 @@ class WindowAttention(HeadAttention):
         """Queries and keys as the logits use them, and the scale of ``q k^T``."""
         return q, k, None
 
-    def _remove_position_bias(self, keep: list[int]) -> None:
-        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
+    _remove_position_bias = HeadAttention._keep_bias_columns
 
     @classmethod
     def from_torch(cls, swa: nn.Module) -> WindowAttention:
         """The same function as torchvision's ``ShiftedWindowAttention`` ``swa`` (weights copied)."""
-        e = swa.proj.in_features
-        new = cls(e, swa.window_size, swa.shift_size, swa.num_heads, swa.qkv.bias is not None,
+        new = cls(swa.proj.in_features, swa.window_size, swa.shift_size, swa.num_heads, swa.qkv.bias is not None,
                   swa.proj.bias is not None, swa.attention_dropout, swa.dropout)
         new.to(swa.proj.weight.device, swa.proj.weight.dtype)
+        new._load_projections(swa.qkv.weight, swa.qkv.bias, swa.proj)
         with torch.no_grad():
-            for i, layer in enumerate((new.q, new.k, new.v)):
-                layer.weight.copy_(swa.qkv.weight[i * e:(i + 1) * e])
-                if layer.bias is not None:
-                    layer.bias.copy_(swa.qkv.bias[i * e:(i + 1) * e])
-            new.out_proj.load_state_dict(swa.proj.state_dict())
             new._copy_position_bias(swa)
         return new.train(swa.training)
 
@@ -243,12 +249,6 @@ class WindowAttention(HeadAttention):
         region = region.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
         differs = region.unsqueeze(1) != region.unsqueeze(2)
         return torch.zeros_like(differs, dtype=like.dtype).masked_fill(differs, -100.0)
-
-    def remove_heads(self, heads: list[int]) -> None:
-        """As ``HeadAttention.remove_heads``, and the removed heads' column of the position-bias table."""
-        keep = [i for i in range(self.num_heads) if i not in set(heads)]
-        super().remove_heads(heads)
-        self._remove_position_bias(keep)
 
 
 class WindowAttentionV2(WindowAttention):
@@ -300,14 +300,10 @@ class GridAttention(HeadAttention):
     @classmethod
     def from_torch(cls, rpa: nn.Module) -> GridAttention:
         """The same function as torchvision's ``RelativePositionalMultiHeadAttention`` ``rpa`` (weights copied)."""
-        e = rpa.n_heads * rpa.head_dim
         new = cls(rpa.merge.out_features, rpa.head_dim, rpa.max_seq_len)
         new.to(rpa.merge.weight.device, rpa.merge.weight.dtype)
+        new._load_projections(rpa.to_qkv.weight, rpa.to_qkv.bias, rpa.merge)
         with torch.no_grad():
-            for i, layer in enumerate((new.q, new.k, new.v)):
-                layer.weight.copy_(rpa.to_qkv.weight[i * e:(i + 1) * e])
-                layer.bias.copy_(rpa.to_qkv.bias[i * e:(i + 1) * e])
-            new.out_proj.load_state_dict(rpa.merge.state_dict())
             new.relative_position_bias_table.copy_(rpa.relative_position_bias_table)
             new.relative_position_index.copy_(rpa.relative_position_index.view(new.max_seq_len, -1))
         return new.train(rpa.training)
@@ -322,11 +318,7 @@ class GridAttention(HeadAttention):
         out, _ = self.attend(q, k, v, mask, scale=self.scale)
         return self.out_proj(out.transpose(1, 2).flatten(2)).view(b, g, p, -1)
 
-    def remove_heads(self, heads: list[int]) -> None:
-        """As ``HeadAttention.remove_heads``, and the removed heads' column of the position-bias table."""
-        keep = [i for i in range(self.num_heads) if i not in set(heads)]
-        super().remove_heads(heads)
-        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
+    _remove_position_bias = HeadAttention._keep_bias_columns
 
 
 def representable(mha: nn.MultiheadAttention) -> str | None:
@@ -340,25 +332,28 @@ def representable(mha: nn.MultiheadAttention) -> str | None:
     return None
 
 
+#: torchvision attention classes (exact type) -> their head-removable equivalents
+EQUIVALENTS = {ShiftedWindowAttention: WindowAttention, ShiftedWindowAttentionV2: WindowAttentionV2,
+               RelativePositionalMultiHeadAttention: GridAttention}
+
+
 def splittable(model: nn.Module) -> bool:
     """Whether ``split_heads`` would replace any layer of ``model``."""
-    return any(type(m) in (ShiftedWindowAttention, ShiftedWindowAttentionV2, RelativePositionalMultiHeadAttention)
-               or isinstance(m, nn.MultiheadAttention) and representable(m) is None for m in model.modules())
+    return any(type(m) in EQUIVALENTS or isinstance(m, nn.MultiheadAttention) and representable(m) is None
+               for m in model.modules())
 
 
 def split_heads(model: nn.Module) -> list[str]:
     """Replace, in place, every attention layer of ``model`` that ``HeadAttention`` (``nn.MultiheadAttention``)
-    or ``WindowAttention`` (torchvision's Swin attention) represents exactly.
+    or one of ``EQUIVALENTS`` (torchvision's Swin and MaxViT attention) represents exactly.
 
     Returns the names of the replaced modules; the others stay (their heads are not pruned) with a warning.
     Idempotent.
     """
     replaced, kept = [], []
     for name, module in list(model.named_modules()):
-        if type(module) in (ShiftedWindowAttention, ShiftedWindowAttentionV2):
-            new = (WindowAttention if type(module) is ShiftedWindowAttention else WindowAttentionV2).from_torch(module)
-        elif type(module) is RelativePositionalMultiHeadAttention:
-            new = GridAttention.from_torch(module)
+        if type(module) in EQUIVALENTS:
+            new = EQUIVALENTS[type(module)].from_torch(module)
         elif isinstance(module, nn.MultiheadAttention):
             why = representable(module) if name else "the model itself"
             if why is not None:
