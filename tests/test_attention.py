@@ -49,6 +49,13 @@ def test_head_attention_computes_what_multihead_attention_does(batch_first):
                 assert torch.allclose(got_w, want_w, atol=1e-6)
 
 
+def test_head_attention_refuses_a_per_head_mask():
+    heads = HeadAttention.from_torch(nn.MultiheadAttention(16, 4, batch_first=True)).eval()
+    x = torch.randn(3, 5, 16)
+    with pytest.raises(ValueError, match="2-D attn_mask"):
+        heads(x, x, x, attn_mask=torch.zeros(3 * 4, 5, 5))
+
+
 def test_split_heads_keeps_the_function_and_refuses_what_it_cannot_represent():
     model = TinyTransformer().eval()
     x = torch.randn(2, 1, 8, 8)
@@ -132,6 +139,15 @@ def test_criteria_score_heads(criterion, random_loader):
     scores = criterion_scores(model, x, groups, criterion, random_loader(n=16), torch.device("cpu"))
     assert scores["encoder.layers.1.self_attn"].shape == (4,)
     assert torch.isfinite(scores["encoder.layers.1.self_attn"]).all()
+
+
+def test_a_criterion_that_cannot_score_a_group_names_it():
+    model = TinyTransformer().eval()  # no BatchNorm anywhere: the bn criterion has nothing to read
+    split_heads(model)
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(model, x)
+    with pytest.raises(ibprune.UnsupportedModelError, match="'bn' criterion cannot score group"):
+        criterion_scores(model, x, groups, "bn")
 
 
 @pytest.mark.parametrize("size", [(8, 8), (6, 10)])  # (6, 10): padded to whole windows
