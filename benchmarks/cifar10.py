@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -171,9 +172,11 @@ def cmd_aggregate(args) -> None:
     write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
         {"method": m, "model": mo, "base": b, "pruned": p, "speedup": s} for m, mo, b, p, s in PUBLISHED],
         "environment": env})
+    devices = sorted({f"{c['environment']['device']} with {c['environment']['threads']} torch threads" for c in cells})
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
-          f"Measured on {env['device']} ({env['threads']} torch threads, {env['machine']}), torch {env['torch']}. "
-          "Accuracy: top-1 on the 10,000 JPEG test images, mean ± std over seeds. Every method sees the same "
+          f"Measured on {', '.join(devices)} ({env['machine']}, torch {env['torch']}). Accuracy: top-1 on the "
+          "10,000 JPEG test images.", "", *_comparison(table), "", "## Every run, ablations included", "",
+          "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
           "checkpoint was trained on their lossless versions, so validation accuracies run higher than test "
@@ -217,6 +220,46 @@ def cmd_aggregate(args) -> None:
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.2 * len(panels) + 2.2), 1))
     write_figure(RESULTS / "cifar10.png", fig)
     print("\n".join(md))
+
+
+BASE = ("ib", "l1", "taylor", "bn", "random")
+
+
+def _comparison(table: list[dict]) -> list[str]:
+    """The headline: per model, epochs, width multiple and budget, each criterion's test accuracy side by side
+    (main settings only: no distillation, IB's default gate phase), the dense model, and IB's margin."""
+    grid: dict[tuple, dict[str, dict]] = {}
+    dense = {(r["model"], r["epochs"]): r for r in table if r["method"] == "dense"}
+    for r in table:  # IB's row may have a shorter gate phase (1-epoch budgets); a plain one wins if both exist
+        m = re.fullmatch(r"(ib|l1|taylor|bn|random)(_g[\d.]+)?(_r4)?", r["method"])
+        if m and (m[1] == "ib" or not m[2]):
+            row = grid.setdefault((r["model"], r["epochs"], 4 if m[3] else 8, r["budget_macs"]), {})
+            if m[1] not in row or not m[2]:
+                row[m[1]] = r
+    out = ["## Criteria side by side", "",
+           "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
+           "kept a multiple of 4 or 8 for every method of the row. **Bold**: the best pruned model of the row. "
+           "`ib − best`: IB's mean minus the best other criterion's.", "",
+           "| model | epochs | widths | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
+           "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
+    for (model, epochs, multiple, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                        kv[0][2], -kv[0][3])):
+        best = max(row.values(), key=lambda r: r["test_accuracy_mean"])
+        cells = []
+        for m in BASE:
+            if m not in row:
+                cells.append("—")
+                continue
+            r = row[m]
+            text = f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} ({r['seeds']})"
+            text += f", gates {r['method'].split('_g')[1].split('_')[0]} ep" if "_g" in r["method"] else ""
+            cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
+        d = dense.get((model, epochs))
+        others = [r["test_accuracy_mean"] for m, r in row.items() if m != "ib"]
+        margin = f"{row['ib']['test_accuracy_mean'] - max(others):+.2f}" if "ib" in row and others else "—"
+        out.append(f"| {model} | {epochs:g} | ×{multiple} | {budget} | " + " | ".join(cells) + " | "
+                   + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
+    return out
 
 
 def _mean(values):
