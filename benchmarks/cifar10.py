@@ -27,6 +27,7 @@ Reproduce (2 CPU cores, about 4 minutes a ResNet-20 cell):
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import re
 import sys
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnxruntime
 import torch
 
 import ibprune
@@ -41,13 +43,16 @@ from ibprune import bench, export
 from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders
 from ibprune.files import write_figure, write_json, write_text
+from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
+from ibprune.prune import remove_channels
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, steps_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RESULTS = Path(__file__).parent / "results"
 CELLS = RESULTS / "cifar10" / "cells"
+LATENCY = RESULTS / "cifar10_latency.json"  # quiet-machine latency per cell (`latency`)
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost")
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
@@ -141,15 +146,46 @@ def cmd_run(args) -> None:
         print(f"[done] {path.name}", flush=True)
 
 
+def rebuild(cell: dict, groups: dict[str, int]) -> torch.nn.Module:
+    """A cell's architecture: the pretrained model cut to the widths the cell kept (which channels does not
+    matter for speed). ``groups``: each group's full width."""
+    net = pretrained(cell["model"])
+    kept = cell["kept_channels"] or {}
+    removed = {n: list(range(k, groups[n])) for n, k in kept.items() if k < groups[n]}
+    return remove_channels(net, torch.randn(1, 3, 32, 32), removed).eval()
+
+
+def cmd_latency(args) -> None:
+    """onnxruntime CPU latency of every cell's architecture, measured on a quiet machine, one cell at a time."""
+    measured = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
+    example = torch.randn(1, 3, 32, 32)
+    widths: dict[str, dict[str, int]] = {}
+    for path in sorted(CELLS.glob("*.json")):
+        cell = json.loads(path.read_text())
+        if path.stem in measured or cell.get("kept_channels") is None and cell["method"] != "dense":
+            continue
+        if cell["model"] not in widths:
+            widths[cell["model"]] = {g.name: g.size for g in find_groups(pretrained(cell["model"]), example)[1]}
+        net = rebuild(cell, widths[cell["model"]])
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = export.export_onnx(net, example, Path(tmp) / "m.onnx")
+            lat = {f"batch_{b}": bench.latency(onnx, example, b, args.threads, runs=args.runs) for b in (1, 64)}
+        measured[path.stem] = dict(lat, threads=args.threads)
+        print(f"{path.stem}: {lat['batch_1']['p50']:.3f} / {lat['batch_64']['p50']:.2f} ms", flush=True)
+        write_json(LATENCY, {"cells": measured, "runs": args.runs, "machine": platform.machine(),
+                             "onnxruntime": onnxruntime.__version__})
+
+
 def cmd_aggregate(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [__import__("json").loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    cells = [dict(json.loads(p.read_text()), cell=p.stem) for p in sorted(CELLS.glob("*.json"))]
     if not cells:
         sys.exit("no cells yet: run `python benchmarks/cifar10.py run` first")
+    quiet = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
     rows: dict[tuple, list[dict]] = {}
     for c in cells:
         rows.setdefault((c["model"], c["epochs"], c["method"], c["budget_macs"]), []).append(c)
@@ -164,14 +200,16 @@ def cmd_aggregate(args) -> None:
             "macs_fraction": sum(c["achieved"]["macs"] for c in cs) / len(cs),
             "params_fraction": sum(c["achieved"]["params"] for c in cs) / len(cs),
             "pruned_val_accuracy": _mean([c["val_accuracy_by_stage"].get("pruned") for c in cs]),
-            "latency_b1_p50_ms": _mean([c["latency_ms"]["batch_1"]["p50"] for c in cs]),
-            "latency_b64_p50_ms": _mean([c["latency_ms"]["batch_64"]["p50"] for c in cs]),
+            "latency_b1_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_1"]["p50"] for c in cs]),
+            "latency_b64_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_64"]["p50"] for c in cs]),
+            "latency_quiet": all(c["cell"] in quiet for c in cs),
             "wall_s": _mean([c["wall_s"] for c in cs]),
         })
     env = cells[0]["environment"]
     write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
         {"method": m, "model": mo, "base": b, "pruned": p, "speedup": s} for m, mo, b, p, s in PUBLISHED],
         "environment": env})
+    quiet_threads = ", ".join(sorted({str(v["threads"]) for v in quiet.values()})) or "—"
     devices = sorted({f"{c['environment']['device']} with {c['environment']['threads']} torch threads" for c in cells})
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {', '.join(devices)} ({env['machine']}, torch {env['torch']}). Accuracy: top-1 on the "
@@ -180,8 +218,9 @@ def cmd_aggregate(args) -> None:
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
           "checkpoint was trained on their lossless versions, so validation accuracies run higher than test "
-          "ones). The latency columns were measured while other runs shared the 2 cores: indicative only; "
-          "`benchmarks/results/demo.md` has latency measured on a quiet machine.", "",
+          "ones). Latency: onnxruntime CPU p50 of the cell's architecture, measured one cell at a time on a quiet "
+          f"machine with {quiet_threads} threads by `cifar10.py latency`; a `*` marks rows measured inside their "
+          "runs while other runs shared the 2 cores (indicative only).", "",
           "| model | epochs | method | MACs budget | MACs kept | params kept | test acc (%) | seeds "
           "| pruned (val, %) | ORT p50 b1 / b64 (ms) |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -190,7 +229,8 @@ def cmd_aggregate(args) -> None:
         md.append(f"| {r['model']} | {r['epochs']:g} | {r['method']} | "
                   f"{'—' if r['budget_macs'] is None else r['budget_macs']} | {r['macs_fraction']:.3f} | "
                   f"{r['params_fraction']:.3f} | {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | "
-                  f"{r['seeds']} | {pv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f} |")
+                  f"{r['seeds']} | {pv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f}"
+                  f"{'' if r['latency_quiet'] else ' *'} |")
     md += ["", "Published results (lossless CIFAR-10, 100+ fine-tune epochs on a GPU; quoted from the papers, "
            "**not measured here** and not comparable with JPEG numbers):", "",
            "| method | model | base acc | pruned acc | MACs reduction |", "| --- | --- | --- | --- | --- |",
@@ -284,9 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--distill", action="store_true", help="fine-tune (every pruned method) against the original")
     r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
     r.add_argument("--device", default="auto")
+    lat = sub.add_parser("latency", help="measure every cell's architecture's ORT latency (run on a quiet machine)")
+    lat.add_argument("--threads", type=int, default=2)
+    lat.add_argument("--runs", type=int, default=50)
     sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
     args = p.parse_args(argv)
-    cmd_run(args) if args.command == "run" else cmd_aggregate(args)
+    {"run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
 
 
 if __name__ == "__main__":
