@@ -19,8 +19,11 @@ change IB's gate phase (``_b``, ``_g``).
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
 
-Reproduce (2 CPU cores, about 4 minutes a ResNet-20 cell):
+Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet-56 one):
     python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 --seeds 0 1
+    python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 taylor bn random --seeds 0 1 2
+    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 taylor --seeds 0 1
+    python benchmarks/cifar10.py latency      # on a quiet machine: each cell's architecture, one at a time
     python benchmarks/cifar10.py aggregate
 """
 
@@ -236,8 +239,9 @@ def cmd_aggregate(args) -> None:
            "| method | model | base acc | pruned acc | MACs reduction |", "| --- | --- | --- | --- | --- |",
            *(f"| {m} | {mo} | {b} | {p} | {s}x |" for m, mo, b, p, s in PUBLISHED), "",
            "Reproduce: `python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 "
-           "--seeds 0 1` (ResNet-56: `run --model resnet56 --methods ib l1 taylor dense --budgets 0.5 --seeds 0`), "
-           "then `python benchmarks/cifar10.py aggregate`.", ""]
+           "--seeds 0 1` (`--round-to 4` for the ×4 rows; ResNet-56: `run --model resnet56 --round-to 4 --methods "
+           "ib l1 taylor --seeds 0 1`), then `python benchmarks/cifar10.py latency` on a quiet machine and "
+           "`python benchmarks/cifar10.py aggregate`. The script's docstring lists every command.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
     panels = sorted({(r["model"], r["epochs"]) for r in table})  # one panel per model and epoch budget
     methods = sorted({r["method"] for r in table}, key=lambda m: (m not in METHODS, m))
