@@ -153,7 +153,7 @@ def rebuild(cell: dict, groups: dict[str, int]) -> torch.nn.Module:
     """A cell's architecture: the pretrained model cut to the widths the cell kept (which channels does not
     matter for speed). ``groups``: each group's full width."""
     net = pretrained(cell["model"])
-    kept = cell["kept_channels"] or {}
+    kept = cell.get("kept_channels") or {}
     removed = {n: list(range(k, groups[n])) for n, k in kept.items() if k < groups[n]}
     return remove_channels(net, torch.randn(1, 3, 32, 32), removed).eval()
 
