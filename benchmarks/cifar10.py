@@ -58,6 +58,7 @@ CELLS = RESULTS / "cifar10" / "cells"
 LATENCY = RESULTS / "cifar10_latency.json"  # quiet-machine latency per cell (`latency`)
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost")
+BASE = ("ib", "l1", "taylor", "bn", "random")  # the criteria compared side by side, in column order
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.64, 2.57),
@@ -149,13 +150,13 @@ def cmd_run(args) -> None:
         print(f"[done] {path.name}", flush=True)
 
 
-def rebuild(cell: dict, groups: dict[str, int]) -> torch.nn.Module:
+def rebuild(cell: dict, groups: dict[str, int], example: torch.Tensor) -> torch.nn.Module:
     """A cell's architecture: the pretrained model cut to the widths the cell kept (which channels does not
     matter for speed). ``groups``: each group's full width."""
     net = pretrained(cell["model"])
     kept = cell.get("kept_channels") or {}
     removed = {n: list(range(k, groups[n])) for n, k in kept.items() if k < groups[n]}
-    return remove_channels(net, torch.randn(1, 3, 32, 32), removed).eval()
+    return remove_channels(net, example, removed).eval()
 
 
 def cmd_latency(args) -> None:
@@ -165,11 +166,11 @@ def cmd_latency(args) -> None:
     widths: dict[str, dict[str, int]] = {}
     for path in sorted(CELLS.glob("*.json")):
         cell = json.loads(path.read_text())
-        if path.stem in measured or cell.get("kept_channels") is None and cell["method"] != "dense":
+        if path.stem in measured or (cell.get("kept_channels") is None and cell["method"] != "dense"):
             continue
         if cell["model"] not in widths:
             widths[cell["model"]] = {g.name: g.size for g in find_groups(pretrained(cell["model"]), example)[1]}
-        net = rebuild(cell, widths[cell["model"]])
+        net = rebuild(cell, widths[cell["model"]], example)
         with tempfile.TemporaryDirectory() as tmp:
             onnx = export.export_onnx(net, example, Path(tmp) / "m.onnx")
             lat = {f"batch_{b}": bench.latency(onnx, example, b, args.threads, runs=args.runs) for b in (1, 64)}
@@ -206,7 +207,7 @@ def cmd_aggregate(args) -> None:
             "latency_b1_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_1"]["p50"] for c in cs]),
             "latency_b64_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_64"]["p50"] for c in cs]),
             "latency_quiet": all(c["cell"] in quiet for c in cs),
-            "wall_s": _mean([c["wall_s"] for c in cs]),
+            "gate_epochs": cs[0]["gate_epochs"], "wall_s": _mean([c["wall_s"] for c in cs]),
         })
     env = cells[0]["environment"]
     write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
@@ -266,16 +267,13 @@ def cmd_aggregate(args) -> None:
     print("\n".join(md))
 
 
-BASE = ("ib", "l1", "taylor", "bn", "random")
-
-
 def _comparison(table: list[dict]) -> list[str]:
     """The headline: per model, epochs, width multiple and budget, each criterion's test accuracy side by side
     (main settings only: no distillation, IB's default gate phase), the dense model, and IB's margin."""
     grid: dict[tuple, dict[str, dict]] = {}
     dense = {(r["model"], r["epochs"]): r for r in table if r["method"] == "dense"}
     for r in table:  # IB's row may have a shorter gate phase (1-epoch budgets); a plain one wins if both exist
-        m = re.fullmatch(r"(ib|l1|taylor|bn|random)(_g[\d.]+)?(_r4)?", r["method"])
+        m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_r4)?", r["method"])
         if m and (m[1] == "ib" or not m[2]):
             row = grid.setdefault((r["model"], r["epochs"], 4 if m[3] else 8, r["budget_macs"]), {})
             if m[1] not in row or not m[2]:
@@ -296,7 +294,7 @@ def _comparison(table: list[dict]) -> list[str]:
                 continue
             r = row[m]
             text = f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} ({r['seeds']})"
-            text += f", gates {r['method'].split('_g')[1].split('_')[0]} ep" if "_g" in r["method"] else ""
+            text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
         d = dense.get((model, epochs))
         others = [r["test_accuracy_mean"] for m, r in row.items() if m != "ib"]
