@@ -9,6 +9,7 @@ removed channels shut (``verify``), or pruning fails naming the group.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -195,12 +196,24 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
                           f"(last counted {fraction:.3f})")
 
 
+@contextlib.contextmanager
+def full_precision():
+    """TF32 off inside: CUDA convolutions default to TF32, whose ~1e-3 relative error (the same model run
+    twice with different kernels) would read as a pruning mismatch at ``verify``'s tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _checked_copy(model, gates, removed, example_input, probe) -> tuple[nn.Module, float]:
     """A gate-free copy with ``removed`` deleted and means folded, checked against the gated model.
 
     Raises ``PruningMismatchError`` when the copy computes something else, or fails to run at all.
     """
-    with torch.no_grad(), gates.shut(removed):
+    with torch.no_grad(), gates.shut(removed), full_precision():
         reference = model(probe)
     gates.detach()
     try:
@@ -210,7 +223,7 @@ def _checked_copy(model, gates, removed, example_input, probe) -> tuple[nn.Modul
     gates.fold(slim)
     try:
         remove_channels(slim, example_input.to(probe.device), removed)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():
             out = slim(probe)
     except (RuntimeError, ValueError, IndexError) as err:
         raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None

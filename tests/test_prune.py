@@ -9,7 +9,7 @@ from ibprune.costs import CostModel, count
 from ibprune.errors import BudgetError, PruningMismatchError
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
-from ibprune.prune import plan_removal, prune_to_budget, remove_channels, scores
+from ibprune.prune import full_precision, plan_removal, prune_to_budget, remove_channels, scores
 
 X = torch.randn(1, 1, 8, 8)
 
@@ -127,3 +127,15 @@ def test_coarse_widths_still_land_near_the_budget(seed):
         keep[n][idxs] = 0
         assert (cost_model.sizes[n] - len(idxs)) % 8 == 0
     assert 0.47 <= cost_model.fraction(keep) <= 0.5
+
+
+def test_the_functional_check_runs_without_tf32_and_restores_the_flags():
+    # CUDA convolutions default to TF32; its rounding read as a mismatch on an H200 (0.012 on logits)
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with full_precision():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
