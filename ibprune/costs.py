@@ -10,6 +10,8 @@ pruned model with torch-pruning's counter: this model only steers.
 from __future__ import annotations
 
 import copy
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +88,39 @@ class CostModel:
     def fraction(self, keep: dict[str, torch.Tensor]) -> float:
         """``cost(keep) / cost(all)``."""
         return float(self.cost(keep)) / self.total
+
+    def block_fraction(self, blocks: dict[str, list[list[int]]]) -> Callable[[dict[str, int]], float]:
+        """``fraction`` for removals made of blocks, fast: ``f(counts)`` is the fraction when each group ``g``
+        loses its first ``counts[g]`` blocks of ``blocks[g]`` (positions), in plain floats from tables built
+        once (``plan_removal`` evaluates thousands of candidate removals)."""
+
+        def table(entries: list[tuple[str, torch.Tensor]]) -> list[tuple[str | None, list[float]]]:
+            rows = []
+            for g, pos in entries:
+                seen = Counter(pos.tolist())
+                kept = [float(len(pos))]
+                for block in blocks.get(g, []):
+                    kept.append(kept[-1] - sum(seen[i] for i in block))
+                rows.append((g if g in blocks else None, kept))
+            return rows
+
+        sides = []
+        for t in self.terms:
+            ins = (t.n_in - sum(len(p) for _, p in t.inputs), t.n_in, table(t.inputs)) if t.inputs and t.n_in else None
+            outs = (t.n_out - sum(len(p) for _, p in t.outputs), t.n_out, table(t.outputs)) \
+                if t.outputs and t.n_out else None
+            sides.append((t.base, ins, outs))
+
+        def kept(side, counts: dict[str, int]) -> float:
+            if side is None:
+                return 1.0
+            free, n, rows = side
+            return (free + sum(k[counts.get(g, 0)] if g else k[0] for g, k in rows)) / n
+
+        def fraction(counts: dict[str, int]) -> float:
+            return (self.constant + sum(b * kept(i, counts) * kept(o, counts) for b, i, o in sides)) / self.total
+
+        return fraction
 
     def channel_costs(self) -> dict[str, torch.Tensor]:
         """Marginal cost of each channel in the unpruned model (d cost / d keep_c), relative to the mean (1)."""

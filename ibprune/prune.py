@@ -65,8 +65,9 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     takes the remainder) so that every group keeps a multiple of ``round_to``, and at least ``min_channels``.
     Blocks of all groups are ranked together by mean score and the shortest prefix of that ranking that meets
     the budget is taken (the cost falls monotonically along it, so a binary search finds it). Coarse blocks can
-    overshoot by a whole block; then blocks are given back, or traded for a cheaper block of another group,
-    while the budget holds, losing the least score. ``round_to`` may differ per group (``block_sizes``).
+    overshoot by a whole block; then the budget is filled: removed blocks are given back, or traded for a cheaper
+    block of another group, while the budget holds, best score first; a trade that loses score is made only
+    while the fraction is below ``target - tolerance``. ``round_to`` may differ per group (``block_sizes``).
     """
     steps = round_to if isinstance(round_to, dict) else dict.fromkeys(score, max(1, round_to or 1))
     per_group: dict[str, list[tuple[float, list[int]]]] = {}  # group -> its blocks, in the order they leave
@@ -84,12 +85,7 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     def removal(counts: dict[str, int]) -> dict[str, list[int]]:
         return {n: [i for _, idxs in per_group[n][:k] for i in idxs] for n, k in counts.items() if k}
 
-    def fraction(counts: dict[str, int]) -> float:
-        keep = {}
-        for n, idxs in removal(counts).items():
-            keep[n] = torch.ones(cost_model.sizes[n])
-            keep[n][idxs] = 0.0
-        return cost_model.fraction(keep)
+    fraction = cost_model.block_fraction({n: [idxs for _, idxs in blocks] for n, blocks in per_group.items()})
 
     everything = {n: len(b) for n, b in per_group.items()}
     narrowest = fraction(everything)
@@ -116,15 +112,17 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
             lo = mid + 1
     counts = prefix(lo)
     current = fraction(counts)
-    while current < target - tolerance:
-        moves = []  # (score lost, counts): give back a group's last block, or trade it for another's next one
+    while True:  # fill the budget: (score lost, counts) moves that raise the fraction and keep it <= target
+        moves = []  # give back a group's last removed block, or trade it for another group's next block
         for a in (n for n, k in counts.items() if k):
             back = {**counts, a: counts[a] - 1}
             moves.append((-per_group[a][counts[a] - 1][0], back))
             for b in (n for n, k in counts.items() if n != a and k < everything[n]):
                 moves.append((per_group[b][counts[b]][0] - per_group[a][counts[a] - 1][0],
                               {**back, b: counts[b] + 1}))
-        fits = [(lost, c, f) for lost, c in moves if current < (f := fraction(c)) <= target]
+        lossy = current < target - tolerance  # a trade that loses score only while short of the tolerance
+        fits = [(lost, c, f) for lost, c in moves
+                if (lossy or lost <= 0) and current < (f := fraction(c)) <= target]
         if not fits:
             break
         _, counts, current = min(fits, key=lambda m: m[0])

@@ -42,3 +42,24 @@ def test_unknown_metric_is_refused(digits_net):
     _, groups = find_groups(digits_net, x)
     with pytest.raises(ValueError, match="metric"):
         CostModel(digits_net, x, groups, "latency")
+
+
+@pytest.mark.parametrize("net_name", ["digits", "resnet20"])
+def test_block_fraction_equals_fraction(digits_net, net_name):
+    from ibprune.models.cifar_resnet import cifar_resnet20
+
+    net, x = (digits_net, torch.randn(1, 1, 8, 8)) if net_name == "digits" else (cifar_resnet20(),
+                                                                                 torch.randn(1, 3, 32, 32))
+    _, groups = find_groups(net, x)
+    cm = CostModel(net, x, groups)
+    g = torch.Generator().manual_seed(0)
+    blocks = {gr.name: torch.randperm(gr.size, generator=g).split(4) for gr in groups}
+    blocks = {n: [b.tolist() for b in bs] for n, bs in blocks.items()}
+    fast = cm.block_fraction(blocks)
+    for _ in range(20):
+        counts = {n: int(torch.randint(0, len(bs), (), generator=g)) for n, bs in blocks.items()}
+        keep = {}
+        for n, k in counts.items():
+            keep[n] = torch.ones(cm.sizes[n])
+            keep[n][[i for b in blocks[n][:k] for i in b]] = 0
+        assert fast(counts) == pytest.approx(cm.fraction(keep), rel=1e-6)

@@ -52,7 +52,7 @@ def test_explore_then_squeeze(digits_net):
             gates[n].mu[idxs] = 0.0
     held = pressure.beta
     pressure.update(5)
-    assert pressure.open_to_remove() == 0 and pressure.beta == held and float(pressure.loss()) == 0.0
+    assert pressure.open_to_remove() == 0 and pressure.beta == held and float(pressure.loss().detach()) == 0.0
 
 
 def test_the_squeeze_shuts_every_channel_the_budget_removes():

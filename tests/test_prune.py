@@ -139,3 +139,25 @@ def test_the_functional_check_runs_without_tf32_and_restores_the_flags():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+@pytest.mark.parametrize("target", [0.5, 0.4])
+def test_the_budget_is_filled_no_removed_block_fits_back(target):
+    from ibprune.models.cifar_resnet import cifar_resnet20
+
+    net, x = cifar_resnet20().eval(), torch.randn(1, 3, 32, 32)
+    _, groups = find_groups(net, x)
+    cost_model = CostModel(net, x, groups)
+    score = {gr.name: torch.rand(gr.size, generator=torch.Generator().manual_seed(1)) for gr in groups}
+    removed = plan_removal(score, cost_model, target, round_to=8)
+
+    def fraction(removal):
+        keep = {n: torch.ones(s) for n, s in cost_model.sizes.items()}
+        for n, idxs in removal.items():
+            keep[n][idxs] = 0
+        return cost_model.fraction(keep)
+
+    assert target - 0.01 <= fraction(removed) <= target
+    for n, idxs in removed.items():  # the group's best-scored removed block: the last to have left
+        best = sorted(idxs, key=lambda i: float(score[n][i]))[-8:]
+        assert fraction({**removed, n: [i for i in idxs if i not in best]}) > target
