@@ -219,7 +219,9 @@ def cmd_latency(args) -> None:
     widths: dict[str, dict[str, int]] = {}
     for path in sorted(CELLS.glob("*.json")):
         cell = json.loads(path.read_text())
-        if path.stem in measured or (cell.get("kept_channels") is None and cell["method"] != "dense"):
+        done = measured.get(path.stem)
+        if (done and done.get("macs", cell["macs"]) == cell["macs"]) or (  # a re-run cell is measured again
+                cell.get("kept_channels") is None and cell["method"] != "dense"):
             continue
         if cell["model"] not in widths:
             widths[cell["model"]] = {g.name: g.size for g in find_groups(pretrained(cell["model"]), example)[1]}
@@ -227,7 +229,7 @@ def cmd_latency(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             onnx = export.export_onnx(net, example, Path(tmp) / "m.onnx")
             lat = {f"batch_{b}": bench.latency(onnx, example, b, args.threads, runs=args.runs) for b in (1, 64)}
-        measured[path.stem] = dict(lat, threads=args.threads)
+        measured[path.stem] = dict(lat, threads=args.threads, macs=cell["macs"])
         print(f"{path.stem}: {lat['batch_1']['p50']:.3f} / {lat['batch_64']['p50']:.2f} ms", flush=True)
         write_json(LATENCY, {"cells": measured, "runs": args.runs, "machine": platform.machine(),
                              "onnxruntime": onnxruntime.__version__})
@@ -243,6 +245,8 @@ def cmd_aggregate(args) -> None:
     if not cells:
         sys.exit("no cells yet: run `python benchmarks/cifar10.py run` first")
     quiet = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
+    quiet = {c["cell"]: quiet[c["cell"]] for c in cells  # not an entry left from an earlier run of the cell
+             if c["cell"] in quiet and quiet[c["cell"]].get("macs", c["macs"]) == c["macs"]}
     rows: dict[tuple, list[dict]] = {}
     for c in cells:
         rows.setdefault((c["model"], c["epochs"], c["method"], c["budget_macs"]), []).append(c)
