@@ -212,6 +212,13 @@ def rebuild(cell: dict, groups: dict[str, int], example: torch.Tensor) -> torch.
     return remove_channels(net, example, removed).eval()
 
 
+def _quiet_entry(measured: dict, stem: str, cell: dict) -> dict | None:
+    """The quiet-machine latency measured for this run of the cell; None when there is none or it was measured
+    for an earlier run of the cell (entries record the MACs of the run they measured)."""
+    entry = measured.get(stem)
+    return entry if entry and entry.get("macs", cell["macs"]) == cell["macs"] else None
+
+
 def cmd_latency(args) -> None:
     """onnxruntime CPU latency of every cell's architecture, measured on a quiet machine, one cell at a time."""
     measured = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
@@ -219,9 +226,8 @@ def cmd_latency(args) -> None:
     widths: dict[str, dict[str, int]] = {}
     for path in sorted(CELLS.glob("*.json")):
         cell = json.loads(path.read_text())
-        done = measured.get(path.stem)
-        if (done and done.get("macs", cell["macs"]) == cell["macs"]) or (  # a re-run cell is measured again
-                cell.get("kept_channels") is None and cell["method"] != "dense"):
+        if _quiet_entry(measured, path.stem, cell) or (cell.get("kept_channels") is None
+                                                        and cell["method"] != "dense"):
             continue
         if cell["model"] not in widths:
             widths[cell["model"]] = {g.name: g.size for g in find_groups(pretrained(cell["model"]), example)[1]}
@@ -245,8 +251,7 @@ def cmd_aggregate(args) -> None:
     if not cells:
         sys.exit("no cells yet: run `python benchmarks/cifar10.py run` first")
     quiet = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
-    quiet = {c["cell"]: quiet[c["cell"]] for c in cells  # not an entry left from an earlier run of the cell
-             if c["cell"] in quiet and quiet[c["cell"]].get("macs", c["macs"]) == c["macs"]}
+    quiet = {c["cell"]: e for c in cells if (e := _quiet_entry(quiet, c["cell"], c))}
     rows: dict[tuple, list[dict]] = {}
     for c in cells:
         rows.setdefault((c["model"], c["epochs"], c["method"], c["budget_macs"]), []).append(c)
