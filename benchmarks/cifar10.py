@@ -119,7 +119,7 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
             path = export.export_onnx(net, example, Path(tmp) / "dense.onnx")
             entry = bench.profile(net, path, example, batch_sizes=(1, 64), runs=args.latency_runs)
         stages = {"finetuned": evaluate(net, val, device)}
-        kept = None
+        kept = gate_run = None
         achieved = {"macs": 1.0, "params": 1.0}
         timings = {"finetune": time.perf_counter() - t0}
     else:
@@ -133,14 +133,15 @@ def run_cell(args, method: str, budget: float | None, seed: int) -> dict:
         net, rep = result.model, result.report
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
         kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
+        gate_run = {k: rep["gates"][k] for k in ("steps", "steps_planned", "beta_explore", "beta_final")}
     return {
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
         "distill": args.distill, "round_to": args.round_to,
-        "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages, "achieved": achieved,
-        "kept_channels": kept, "macs": entry["macs"], "params": entry["params"], "latency_ms": entry["latency_ms"],
-        "timings_s": timings,
+        "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
+        "achieved": achieved, "kept_channels": kept, "macs": entry["macs"], "params": entry["params"],
+        "latency_ms": entry["latency_ms"], "timings_s": timings,
         "wall_s": time.perf_counter() - t0,
         "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
                         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

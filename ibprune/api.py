@@ -82,9 +82,10 @@ def compress(
 ) -> CompressResult:
     """Compress a pretrained classifier to a MACs (or params) budget, in one call.
 
-    Gates are trained for ``gate_epochs`` on ``task loss + beta * weighted KL`` (``beta`` follows the budget
-    unless given), the least informative channels are removed until the counted budget holds, the slim network
-    is fine-tuned for ``finetune_epochs`` (``distill=True``: from the original as teacher), and both models are
+    Gates are trained for up to ``gate_epochs`` on ``task loss + beta * weighted KL`` (``beta`` follows the
+    budget unless given), the least informative channels are removed until the counted budget holds, the slim
+    network is fine-tuned for ``finetune_epochs`` plus whatever the gate phase did not need (it ends once the
+    channels to remove are shut; ``distill=True``: from the original as teacher), and both models are
     exported to ONNX, checked with onnxruntime and benchmarked. With ``out_dir`` the report, both ONNX files and
     the compressed model are written there. ``model`` itself is never modified.
 
@@ -190,7 +191,10 @@ def compress(
         f"(function check max diff {stage['max_abs_diff']:.2g}); accuracy {_fmt(acc)}")
 
     t0 = time.perf_counter()
-    tuned = fit(slim, train_loader, steps_for(finetune_epochs, train_loader), dev,
+    gate_report = stage["gate_report"]  # steps the gate phase did not need go to the fine-tune
+    finetune_steps = (steps_for(finetune_epochs, train_loader)
+                      + gate_report.get("steps_planned", gate_report["steps"]) - gate_report["steps"])
+    tuned = fit(slim, train_loader, finetune_steps, dev,
                 SGDConfig(lr=lr, weight_decay=weight_decay), teacher=teacher, desc="finetune", verbose=verbose,
                 checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
     slim.eval()
@@ -230,7 +234,7 @@ def compress(
             "gates": dict(stage["gate_report"], epochs=gate_epochs, beta_given=beta is not None,
                           information_nats={g.name: float(information[g.name].sum()) for g in groups}
                           if criterion == "ib" else None),
-            "finetune": {"epochs": finetune_epochs, "distill": distill, "lr": lr,
+            "finetune": {"epochs": finetune_epochs, "steps": finetune_steps, "distill": distill, "lr": lr,
                          "nan_recoveries": tuned["nan_recoveries"]},
             "robustness": robust,
             "resumed_from": ckpt.resumed[-1] if ckpt.resumed else None,
@@ -266,7 +270,8 @@ def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explor
     if importance is not None:
         gates.eval()  # untrained gates pass everything (z = mu = 1), without the training noise
         information = importance
-        report = {"steps": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
+        report = {"steps": 0, "steps_planned": 0, "beta_explore": None, "beta_final": None,
+                  "still_open_to_remove": 0}
     else:
         steps = steps_for(gate_epochs, loader)
         if explored is not None:
@@ -277,7 +282,8 @@ def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explor
                                gate_lr=gate_lr, weight_decay=weight_decay, round_to=round_to, per_cost=per_cost,
                                explore=0.0 if explored is not None else 0.5, verbose=verbose)
         information = gates.information()
-        report = {"steps": steps, "beta_explore": pressure.beta_explore, "beta_final": pressure.beta,
+        report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,
+                  "beta_final": pressure.beta,
                   "still_open_to_remove": pressure.open_to_remove()}
     return {"model": work.state_dict(), "gates": gates.state_dict(), "gate_report": report,
             "information": {k: v.detach().cpu() for k, v in information.items()}}

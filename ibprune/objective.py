@@ -5,14 +5,19 @@ marginal cost (MACs or params), so an expensive channel must earn its keep. ``be
 
 The phase has two parts:
 
-1. **Explore** (the first half): a moderate, fixed ``beta`` (by default a fraction of the value at which the
-   two terms' gradients on the gate means balance, measured on a few batches) lets every channel show how much
-   the task needs it; unneeded channels lose information, needed ones keep it.
-2. **Squeeze** (the second half): the channels the budget will remove are fixed from the explore ranking
-   (lowest information, exactly as the pruning step plans), and the KL pressure falls on them
-   alone, rising until every one of them is shut (``alpha_c = mu_c^2 / sigma_c^2 < 1``) and then held. The
-   kept channels train freely, so the network learns to do without the removed ones *before* they are cut, and
-   removing them costs (almost) nothing.
+1. **Explore** (the first half): a gentle, fixed ``beta`` (by default a tenth of the value at which the two
+   terms' gradients on the gate means balance, measured on a few batches) lets every channel show how much
+   the task needs it; unneeded channels lose information, needed ones keep it. Gentle matters: at 0.3 of the
+   balance the explore shut the budget's worth of channels on its own and took a pretrained CIFAR ResNet-20
+   from 86 % to 68 % (validation) before any squeeze; at 0.1 it keeps 88 %, and after a 3-epoch budget the
+   pruned network scored 0.7 (half the MACs) and 1.6 points (0.4 of them) higher on validation (two seeds;
+   ``benchmarks/cifar10.py``).
+2. **Squeeze** (at most the second half): the channels the budget will remove are fixed from the explore
+   ranking (lowest information, exactly as the pruning step plans), and the KL pressure falls on them alone,
+   rising until every one of them is shut (``alpha_c = mu_c^2 / sigma_c^2 < 1``). The kept channels train
+   freely, so the network learns to do without the removed ones *before* they are cut. The phase ends as soon as
+   all are shut: what is left of its steps trains the slim network instead (a step of the gated network costs
+   what a step of the full one does, and the pruned network learns the same thing faster).
 
 A single global ``beta`` pushed by a budget controller was tried first: with Adam on the gates every gate moves
 at the learning rate once the KL gradient outweighs its task gradient, the open/shut signal lags that by tens
@@ -43,6 +48,8 @@ class GatePressure:
         self.rate = math.log(1e3) / max(1.0, 0.5 * (total_steps - self.switch))  # 1000x within half the squeeze
         self.removal: dict[str, list[int]] | None = None
         self.per_cost, self.total_steps = per_cost, total_steps
+        self.open: int | None = None  # planned channels still open, counted by `update` once the squeeze runs
+        self.steps_taken = 0
         if self.switch == 0 and total_steps > 0:
             self._plan()  # squeeze only: the gates were explored before
 
@@ -56,9 +63,14 @@ class GatePressure:
         """After optimizer step ``step``: switch to squeeze at the midpoint, then raise ``beta`` until all shut."""
         if self.removal is None and self.switch <= step + 1 < self.total_steps:
             self._plan()
-        if self.removal is not None and self.open_to_remove() > 0:
+        self.open = self.open_to_remove() if self.removal is not None else None
+        if self.open:
             self.beta *= math.exp(self.rate)
         return {"beta": f"{self.beta:.2g}", "phase": "squeeze" if self.removal is not None else "explore"}
+
+    def done(self) -> bool:
+        """Whether the squeeze has shut every channel it removes (as of the last ``update``)."""
+        return self.open == 0
 
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
@@ -76,7 +88,7 @@ class GatePressure:
 
 
 def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,
-                   batches: int = 4, scale: float = 0.3) -> float:
+                   batches: int = 4, scale: float = 0.1) -> float:
     """The explore ``beta``: ``scale`` x the ratio of the task loss's to the KL term's mean gradient on ``mu``.
 
     At that ratio the two forces on a typical gate balance; below it the task keeps the channels it needs
@@ -100,12 +112,13 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
                 steps: int, *, beta: float | None = None, lr: float = 0.01, gate_lr: float = 0.02,
                 weight_decay: float = 5e-4, round_to: int | None = None, per_cost: bool = False,
                 explore: float = 0.5, verbose: bool = True) -> GatePressure:
-    """The gate phase: ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
+    """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
-    Ends with the gates in eval mode and the BN statistics re-estimated for them; returns the schedule, whose
-    ``removal`` is the plan the squeeze enforced.
+    The phase ends once the squeeze has shut every planned channel. Ends with the gates in eval mode and the BN
+    statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
+    and ``steps_taken`` the steps the phase ran.
     """
     from ibprune.train import SGDConfig, fit, recalibrate_bn
 
@@ -122,8 +135,10 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
                 g.log_sigma2.clamp_(-12.0, 0.0)  # noise at most as large as the signal it gates
         return pressure.update(step)
 
-    fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
-        extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, desc="gates", verbose=verbose)
+    run = fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
+              extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, stop=pressure.done,
+              desc="gates", verbose=verbose)
+    pressure.steps_taken = run["steps"]
     gates.eval()
     if steps:
         recalibrate_bn(model, loader, device)

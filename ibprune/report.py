@@ -68,6 +68,16 @@ def _robustness(rep: dict) -> list[str]:
               for name, acc in r["models"].items()), ""]
 
 
+def _steps(rep: dict) -> list[str]:
+    gates, tune = rep["gates"], rep.get("finetune", {})
+    if "steps" not in tune or "steps_planned" not in gates:
+        return []
+    spare = gates["steps_planned"] - gates["steps"]
+    moved = f" ({spare} the gate phase did not need)" if spare else ""
+    return [f"Training steps: gate phase {gates['steps']} of {gates['steps_planned']} planned; "
+            f"fine-tune {tune['steps']}{moved}.", ""]
+
+
 def markdown(rep: dict) -> str:
     """The report as Markdown."""
     (metric, target), = rep["target"].items()
@@ -99,6 +109,7 @@ def markdown(rep: dict) -> str:
         "| stage | seconds |", "| --- | --- |",
         *(f"| {k} | {v:.1f} |" for k, v in rep["timings_s"].items()),
         "",
+        *_steps(rep),
         f"Environment: torch {rep['environment']['torch']}, device {rep['environment']['device']}, "
         f"{rep['environment']['threads']} torch threads.", "",
     ]

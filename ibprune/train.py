@@ -125,15 +125,17 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         after_step: Callable[[int], dict] | None = None, teacher: nn.Module | None = None,
         distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
         checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-        checkpoint_every: int | None = None) -> dict:
+        checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None) -> dict:
     """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
 
     ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
-    return numbers to show in the progress bar. ``checkpoint(state)`` receives the full training state every
-    ``checkpoint_every`` steps (default: each pass over ``loader``) and at the end; ``resume=state`` continues
-    from one. A non-finite loss rolls back to the last such state and halves the learning rate, once; the
-    second time (or with ``extra_optimizers``, whose owners are not saved) it raises ``FloatingPointError``.
-    Returns the mean loss and training accuracy.
+    return numbers to show in the progress bar; ``stop()``, asked after each step, ends the run early when it
+    returns True (the learning-rate schedule still spans ``steps``). ``checkpoint(state)`` receives the full
+    training state every ``checkpoint_every`` steps (default: each pass over ``loader``) and at the end;
+    ``resume=state`` continues from one. A non-finite loss rolls back to the last such state and halves the
+    learning rate, once; the second time (or with ``extra_optimizers``, whose owners are not saved) it raises
+    ``FloatingPointError``.
+    Returns the steps taken, the mean loss and the training accuracy.
     """
     model.to(device).train()
     if device.type == "cuda":
@@ -215,14 +217,17 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", **shown)
-        if run["step"] % every == 0 or run["step"] == steps:
+        done = stop is not None and run["step"] < steps and stop()
+        if run["step"] % every == 0 or run["step"] == steps or done:
             if checkpoint is not None:
                 checkpoint(snapshot())
             if last_good is not None:
                 last_good = copy.deepcopy(snapshot())
+        if done:
+            break
     bar.close()
     loss_sum, correct, seen = run["sums"]
-    return {"steps": steps, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+    return {"steps": run["step"], "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
             "nan_recoveries": run["nan_recoveries"]}
 
 

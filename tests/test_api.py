@@ -30,6 +30,10 @@ def test_compress_end_to_end_on_tiny_data(digits_net, random_loader, tmp_path):
     assert 0.47 <= rep["compressed"]["macs"] / rep["original"]["macs"] <= 0.5
     assert rep["onnx"]["max_abs_diff"] <= 1e-4 and rep["onnx"]["opset"] >= 17
     assert set(rep["timings_s"]) == {"gates", "prune", "finetune", "export", "benchmark"}
+    # the steps the gate phase does not need go to the fine-tune: the total is what was asked for
+    steps = len(loader)
+    assert rep["gates"]["steps_planned"] == steps and rep["gates"]["steps"] <= steps
+    assert rep["gates"]["steps"] + rep["finetune"]["steps"] == 2 * steps
     assert {"torch", "device", "threads"} <= set(rep["environment"])
     assert sum(v["kept"] for v in rep["pruned_channels"].values()) < sum(
         v["total"] for v in rep["pruned_channels"].values())

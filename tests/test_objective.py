@@ -35,6 +35,7 @@ def test_explore_then_squeeze(digits_net):
     assert explore > 0
     for step in range(4):
         assert pressure.update(step)["phase"] == "explore" and pressure.beta == 0.1
+        assert not pressure.done()
     assert pressure.update(4)["phase"] == "squeeze"
     # the squeeze weighs exactly the channels the budget removes, and nothing else
     removed = {(n, i) for n, idxs in pressure.removal.items() for i in idxs}
@@ -46,13 +47,14 @@ def test_explore_then_squeeze(digits_net):
         keep[n][idxs] = 0
     assert cost_model.fraction(keep) <= 0.5
     # beta rises while a channel to remove is open, and stops once all are shut
-    assert pressure.beta > 0.1 and pressure.open_to_remove() > 0
+    assert pressure.beta > 0.1 and pressure.open_to_remove() > 0 and not pressure.done()
     with torch.no_grad():
         for n, idxs in pressure.removal.items():
             gates[n].mu[idxs] = 0.0
     held = pressure.beta
     pressure.update(5)
     assert pressure.open_to_remove() == 0 and pressure.beta == held and float(pressure.loss().detach()) == 0.0
+    assert pressure.done()
 
 
 def test_the_squeeze_shuts_every_channel_the_budget_removes():
@@ -71,6 +73,7 @@ def test_the_squeeze_shuts_every_channel_the_budget_removes():
     cpu = torch.device("cpu")
     pressure = train_gates(net, gates, cost_model, train, cpu, 0.5, steps=240, round_to=1, verbose=False)
     assert pressure.removal and pressure.open_to_remove() == 0
+    assert 120 <= pressure.steps_taken < 240  # explore takes half; the squeeze ends once all are shut
     assert all(float(gates[n].information()[idxs].max()) < 0.35 for n, idxs in pressure.removal.items())
     gated = evaluate(net, test, cpu)
     result = prune_to_budget(net, gates, groups, X, cost_model, 0.5, round_to=1)

@@ -23,3 +23,10 @@ def test_markdown_reads_at_a_glance(tmp_path):
     write(tmp_path, REP)
     assert (tmp_path / "report.md").read_text() == md and (tmp_path / "report.json").is_file()
     assert "original" in summary(REP).splitlines()[0]
+
+
+def test_markdown_says_where_the_training_steps_went():
+    rep = dict(REP, gates={"steps": 210, "steps_planned": 352, "information_nats": {"conv1": 1.0}},
+               finetune={"epochs": 2, "steps": 846})
+    assert "gate phase 210 of 352 planned; fine-tune 846 (142 the gate phase did not need)." in markdown(rep)
+    assert "Training steps" not in markdown(REP)

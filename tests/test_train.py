@@ -17,6 +17,20 @@ def test_fit_learns_and_evaluate_measures(digits_net, random_loader):
     assert evaluate(digits_net, loader, cpu) > 0.5  # memorises 32 random labels
 
 
+def test_stop_ends_a_run_early(digits_net, random_loader):
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) == 3
+
+    saved = []
+    stats = fit(digits_net, random_loader(n=32, batch=8), 10, torch.device("cpu"), SGDConfig(), stop=stop,
+                checkpoint=saved.append, verbose=False)
+    assert stats["steps"] == 3 and len(calls) == 3
+    assert saved[-1]["step"] == 3  # the state where it stopped is checkpointed, as at a normal end
+
+
 def test_fractional_epochs(random_loader):
     loader = random_loader(n=32, batch=8)
     assert steps_for(0.5, loader) == 2 and steps_for(2.25, loader) == 9 and steps_for(0, loader) == 0
