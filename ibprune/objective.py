@@ -27,6 +27,7 @@ of steps, and on a pretrained ResNet-20 the controller overshot and shut almost 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -111,11 +112,13 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
                 steps: int, *, beta: float | None = None, lr: float = 0.01, gate_lr: float = 0.02,
                 weight_decay: float = 5e-4, round_to: int | None = None, per_cost: bool = False,
-                explore: float = 0.5, verbose: bool = True) -> GatePressure:
+                explore: float = 0.5, on_step: Callable[[int, GatePressure], None] | None = None,
+                verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
+    ``on_step(step, pressure)`` runs after each step's schedule update (to trace the phase).
     The phase ends once the squeeze has shut every planned channel. Ends with the gates in eval mode and the BN
     statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
     and ``steps_taken`` the steps the phase ran.
@@ -133,7 +136,10 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
         with torch.no_grad():
             for g in gates.gates.values():
                 g.log_sigma2.clamp_(-12.0, 0.0)  # noise at most as large as the signal it gates
-        return pressure.update(step)
+        shown = pressure.update(step)
+        if on_step is not None:
+            on_step(step, pressure)
+        return shown
 
     run = fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
               extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, stop=pressure.done,

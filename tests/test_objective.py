@@ -71,8 +71,11 @@ def test_the_squeeze_shuts_every_channel_the_budget_removes():
     cost_model = CostModel(net, X, groups)
     gates = GateSet(groups).attach(net)
     cpu = torch.device("cpu")
-    pressure = train_gates(net, gates, cost_model, train, cpu, 0.5, steps=240, round_to=1, verbose=False)
+    seen = []
+    pressure = train_gates(net, gates, cost_model, train, cpu, 0.5, steps=240, round_to=1, verbose=False,
+                           on_step=lambda step, p: seen.append((step, p.removal is not None)))
     assert pressure.removal and pressure.open_to_remove() == 0
+    assert [s for s, _ in seen] == list(range(pressure.steps_taken)) and seen[-1][1] and not seen[0][1]
     assert 120 <= pressure.steps_taken < 240  # explore takes half; the squeeze ends once all are shut
     assert all(float(gates[n].information()[idxs].max()) < 0.35 for n, idxs in pressure.removal.items())
     gated = evaluate(net, test, cpu)
