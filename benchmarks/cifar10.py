@@ -217,7 +217,7 @@ def _quiet_entry(measured: dict, stem: str, cell: dict) -> dict | None:
     """The quiet-machine latency measured for this run of the cell; None when there is none or it was measured
     for an earlier run of the cell (entries record the MACs of the run they measured)."""
     entry = measured.get(stem)
-    return entry if entry and entry.get("macs", cell["macs"]) == cell["macs"] else None
+    return entry if entry and entry.get("macs") == cell["macs"] else None
 
 
 def cmd_latency(args) -> None:
@@ -267,6 +267,9 @@ def cmd_aggregate(args) -> None:
             "macs_fraction": sum(c["achieved"]["macs"] for c in cs) / len(cs),
             "params_fraction": sum(c["achieved"]["params"] for c in cs) / len(cs),
             "pruned_val_accuracy": _mean([c["val_accuracy_by_stage"].get("pruned") for c in cs]),
+            "val_accuracy": _mean([c["val_accuracy_by_stage"].get("finetuned") for c in cs]),
+            # cells from before the gentler explore and the early end of the squeeze record no gate_run
+            "earlier_gate_phase": method.startswith("ib") and any("gate_run" not in c for c in cs),
             "latency_b1_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_1"]["p50"] for c in cs]),
             "latency_b64_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_64"]["p50"] for c in cs]),
             "latency_quiet": all(c["cell"] in quiet for c in cs),
@@ -293,16 +296,16 @@ def cmd_aggregate(args) -> None:
           "checkpoint was trained on their lossless versions, so validation accuracies run higher than test "
           "ones). Latency: onnxruntime CPU p50 of the cell's architecture, measured one cell at a time on a quiet "
           f"machine with {quiet_threads} threads by `cifar10.py latency`; a `*` marks rows measured inside their "
-          "runs while other runs shared the 2 cores (indicative only).", "",
+          f"runs while other runs shared the 2 cores (indicative only). {EARLIER}", "",
           "| model | epochs | method | MACs budget | MACs kept | params kept | test acc (%) | seeds "
-          "| pruned (val, %) | ORT p50 b1 / b64 (ms) |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| pruned (val, %) | final (val, %) | ORT p50 b1 / b64 (ms) |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
-        pv = "—" if r["pruned_val_accuracy"] is None else f"{100 * r['pruned_val_accuracy']:.1f}"
-        md.append(f"| {r['model']} | {r['epochs']:g} | {r['method']} | "
+        pv, fv = ("—" if v is None else f"{100 * v:.1f}" for v in (r["pruned_val_accuracy"], r["val_accuracy"]))
+        md.append(f"| {r['model']} | {r['epochs']:g} | {r['method']}{' †' if r['earlier_gate_phase'] else ''} | "
                   f"{'—' if r['budget_macs'] is None else r['budget_macs']} | {r['macs_fraction']:.3f} | "
                   f"{r['params_fraction']:.3f} | {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | "
-                  f"{r['seeds']} | {pv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f}"
+                  f"{r['seeds']} | {pv} | {fv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f}"
                   f"{'' if r['latency_quiet'] else ' *'} |")
     md += ["", "Published results (lossless CIFAR-10, 100+ fine-tune epochs on a GPU; quoted from the papers, "
            "**not measured here** and not comparable with JPEG numbers):", "",
@@ -336,6 +339,10 @@ def cmd_aggregate(args) -> None:
     print("\n".join(md))
 
 
+EARLIER = ("†: IB's earlier gate phase (explore at 0.3 of the gradient-balance beta, a squeeze of fixed length), "
+           "not yet re-run with the current one.")
+
+
 def _comparison(table: list[dict]) -> list[str]:
     """The headline: per model, epochs, width multiple and budget, each criterion's test accuracy side by side
     (main settings only: no distillation, IB's default gate phase), the dense model, and IB's margin."""
@@ -350,7 +357,7 @@ def _comparison(table: list[dict]) -> list[str]:
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
            "kept a multiple of 4 or 8 for every method of the row. **Bold**: the best pruned model of the row. "
-           "`ib − best`: IB's mean minus the best other criterion's.", "",
+           f"`ib − best`: IB's mean minus the best other criterion's. {EARLIER}", "",
            "| model | epochs | widths | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
     for (model, epochs, multiple, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
@@ -364,6 +371,7 @@ def _comparison(table: list[dict]) -> list[str]:
             r = row[m]
             text = f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} ({r['seeds']})"
             text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
+            text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
         d = dense.get((model, epochs))
         others = [r["test_accuracy_mean"] for m, r in row.items() if m != "ib"]

@@ -2,8 +2,8 @@
 
 The demo's digits CNN (the demo's settings: 30 gate epochs, 10 fine-tune epochs) is compressed to four MACs
 budgets twice: by ``compress_sweep`` (one shared explore phase) and by four separate ``compress`` calls. Both
-give every budget the same gate schedule (explore half + squeeze half), so accuracy should match within noise
-and the wall time should drop by three explore phases.
+give every budget the same gate schedule (the explore half, then its own squeeze until the channels it removes
+are shut), so accuracy should match within noise and the wall time should drop by three explore phases.
 
 Reproduce (2 CPU cores, about 3 minutes):
     python benchmarks/sweep.py
