@@ -34,7 +34,6 @@ from ibprune.files import write_figure, write_json, write_text
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import GatePressure, calibrate_beta, train_gates
-from ibprune.prune import block_sizes, plan_removal, scores
 from ibprune.train import evaluate, recalibrate_bn, steps_for
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,15 +56,13 @@ def trace(model: str, budget: float, scale: float, seed: int, epochs: float, eve
     net.train()
     beta = calibrate_beta(net, gates, cost_model.channel_costs(), train, CPU, scale=scale)
     steps = steps_for(epochs, train)
-    blocks = block_sizes(groups, round_to)
     points = []
 
     def look(step: int, pressure: GatePressure) -> None:
         if (step + 1) % every and step + 1 != pressure.switch:
             return
-        plan = pressure.removal or plan_removal(scores(gates.information(), pressure.costs), cost_model, budget,
-                                                blocks)
-        still_open = sum(int((gates[n].alpha().detach()[i] >= 1.0).sum()) for n, i in plan.items())
+        plan = pressure.removal or pressure.plan()
+        still_open = pressure.open_to_remove(plan)
         saved = copy.deepcopy(net.state_dict())
         gates.eval()
         recalibrate_bn(net, train, CPU, max_batches=20)

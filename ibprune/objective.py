@@ -73,19 +73,25 @@ class GatePressure:
         """Whether the squeeze has shut every channel it removes (as of the last ``update``)."""
         return self.open == 0
 
+    def plan(self) -> dict[str, list[int]]:
+        """The channels the budget removes by the current ranking (lowest information first)."""
+        return plan_removal(scores(self.gates.information(), self.costs, self.per_cost), self.cost_model,
+                            self.target, block_sizes(self.gates.groups, self.round_to))
+
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
-        self.removal = plan_removal(scores(self.gates.information(), self.costs, self.per_cost),
-                                    self.cost_model, self.target, block_sizes(self.gates.groups, self.round_to))
+        self.removal = self.plan()
         self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
         for n, idxs in self.removal.items():
             self.weights[n][idxs] = self.costs[n][idxs]
 
-    def open_to_remove(self) -> int:
-        """How many channels slated for removal still pass information (``alpha >= 1``)."""
-        if not self.removal:
+    def open_to_remove(self, removal: dict[str, list[int]] | None = None) -> int:
+        """How many channels slated for removal (the squeeze's, or ``removal``) still pass information
+        (``alpha >= 1``)."""
+        removal = self.removal if removal is None else removal
+        if not removal:
             return 0
-        return sum(int((self.gates[n].alpha().detach()[idxs] >= 1.0).sum()) for n, idxs in self.removal.items())
+        return sum(int((self.gates[n].alpha().detach()[idxs] >= 1.0).sum()) for n, idxs in removal.items())
 
 
 def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,

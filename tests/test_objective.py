@@ -37,6 +37,7 @@ def test_explore_then_squeeze(digits_net):
         assert pressure.update(step)["phase"] == "explore" and pressure.beta == 0.1
         assert not pressure.done()
     assert pressure.update(4)["phase"] == "squeeze"
+    assert pressure.plan() == pressure.removal  # the plan fixed is the one the ranking gives (gates unchanged)
     # the squeeze weighs exactly the channels the budget removes, and nothing else
     removed = {(n, i) for n, idxs in pressure.removal.items() for i in idxs}
     for n, w in pressure.weights.items():
@@ -48,6 +49,8 @@ def test_explore_then_squeeze(digits_net):
     assert cost_model.fraction(keep) <= 0.5
     # beta rises while a channel to remove is open, and stops once all are shut
     assert pressure.beta > 0.1 and pressure.open_to_remove() > 0 and not pressure.done()
+    first = next(iter(pressure.removal))
+    assert pressure.open_to_remove({first: pressure.removal[first]}) == len(pressure.removal[first])
     with torch.no_grad():
         for n, idxs in pressure.removal.items():
             gates[n].mu[idxs] = 0.0
