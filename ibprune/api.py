@@ -6,7 +6,7 @@ import copy
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ from ibprune.errors import BudgetError
 from ibprune.files import write_json
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
+from ibprune.latency import LatencyMeter, LatencyPlan, macs_for_latency
+from ibprune.latency import meet as meet_latency
 from ibprune.objective import train_gates
 from ibprune.prune import preflight, prune_to_budget, remove_channels
 from ibprune.resume import Checkpoints, rng_state, set_rng_state
@@ -40,11 +42,12 @@ class CompressResult:
     removed: dict[str, list[int]] = field(repr=False)
 
 
-def budget_of(macs: float | None, params: float | None) -> tuple[str, float]:
-    """``("macs" | "params", fraction)`` from the two keyword budgets; exactly one must be given, in (0, 1)."""
-    given = {k: v for k, v in (("macs", macs), ("params", params)) if v is not None}
+def budget_of(macs: float | None, params: float | None, latency: float | None = None) -> tuple[str, float]:
+    """``("macs" | "params" | "latency", fraction)`` from the keyword budgets; exactly one must be given, in
+    (0, 1)."""
+    given = {k: v for k, v in (("macs", macs), ("params", params), ("latency", latency)) if v is not None}
     if len(given) != 1:
-        raise BudgetError("give exactly one budget: macs=<fraction> or params=<fraction>")
+        raise BudgetError("give exactly one budget: macs=<fraction>, params=<fraction> or latency=<fraction>")
     (metric, value), = given.items()
     if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise BudgetError(f"{metric} budget must be a fraction in (0, 1) of the original, got {value!r}")
@@ -59,6 +62,7 @@ def compress(
     example_input: torch.Tensor | None = None,
     macs: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
     gate_epochs: float = 1.0,
     finetune_epochs: float = 5.0,
     out_dir: str | Path | None = None,
@@ -80,7 +84,7 @@ def compress(
     explored: dict | None = None,
     verbose: bool = True,
 ) -> CompressResult:
-    """Compress a pretrained classifier to a MACs (or params) budget, in one call.
+    """Compress a pretrained classifier to a MACs (or params, or latency) budget, in one call.
 
     Gates are trained for up to ``gate_epochs`` on ``task loss + beta * weighted KL`` (``beta`` follows the
     budget unless given), the least informative channels are removed until the counted budget holds, the slim
@@ -96,6 +100,10 @@ def compress(
     phase and ranks channels by that criterion instead, for comparisons in one harness. ``rank_per_cost=True``
     ranks IB channels by information per unit cost instead of information (an ablation).
 
+    ``latency=f`` keeps the onnxruntime CPU latency (p50 at batch ``bench_batch``, measured on this machine)
+    at most ``f`` of the original's: it is translated into a MACs target by timing candidate networks before
+    training, and the pruned network is timed and pruned further if it misses (``ibprune.latency``).
+
     ``robustness_eps`` adds FGSM and PGD accuracy of both models at that perturbation size to the report
     (``ibprune.robustness``; needs ``val_loader``).
 
@@ -105,7 +113,7 @@ def compress(
     ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
     (a digits CNN at half its MACs ran 1.5x *slower* in onnxruntime unrounded); ``round_to=1`` for exact widths.
     """
-    metric, target = budget_of(macs, params)
+    metric, target = budget_of(macs, params, latency)
     torch.manual_seed(seed)
     dev = pick_device(device)
     log = print if verbose else (lambda *a, **k: None)
@@ -130,8 +138,19 @@ def compress(
 
     t0 = time.perf_counter()
     _, groups = find_groups(work, example_input, ignored_layers)
-    cost_model = CostModel(work, example_input, groups, metric)
+    cost_model = CostModel(work, example_input, groups, "macs" if metric == "latency" else metric)
     orig_macs, orig_params = cost_model.macs, cost_model.params
+    meter = timing = None
+    cut = target  # the fraction of the cost model's metric to prune to
+    if metric == "latency":  # a MACs target found by timing candidate networks, kept for a resumed run
+        meter = LatencyMeter(example_input.cpu(), bench_batch, bench.default_threads(), latency_runs)
+        saved = ckpt.load("latency")
+        timing = LatencyPlan(**saved) if saved is not None else macs_for_latency(
+            work, example_input, groups, cost_model, target, meter, round_to=round_to)
+        ckpt.save("latency", asdict(timing))
+        cut = timing.macs
+        log(f"[ibprune] latency budget {target:.3f} of {timing.original_ms:.3g} ms (onnxruntime, batch "
+            f"{bench_batch}, {meter.threads} thread(s)): pruning to {cut:.3f} of the MACs")
 
     def accuracy(net: nn.Module) -> float | None:
         return evaluate(net, val_loader, dev) if val_loader is not None else None
@@ -149,7 +168,7 @@ def compress(
         gates = GateSet(groups).to(dev).attach(work)
         preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
         if stage is None:
-            stage = _gate_stage(work, gates, cost_model, train_loader, dev, target, importance, explored,
+            stage = _gate_stage(work, gates, cost_model, train_loader, dev, cut, importance, explored,
                                 gate_epochs=gate_epochs, beta=beta, lr=lr, gate_lr=gate_lr,
                                 weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
                                 verbose=verbose)
@@ -164,9 +183,13 @@ def compress(
             log("[ibprune] resumed after the gate phase")
         set_rng_state(stage["rng"], train_loader)
         t0 = time.perf_counter()
-        pruned = prune_to_budget(work, gates, groups, example_input, cost_model, target, round_to,
-                                 importance=stage["information"] if criterion != "ib" else None,
-                                 per_cost=rank_per_cost)
+
+        def prune(fraction: float):
+            return prune_to_budget(work, gates, groups, example_input, cost_model, fraction, round_to,
+                                   importance=stage["information"] if criterion != "ib" else None,
+                                   per_cost=rank_per_cost)
+
+        pruned = prune(cut) if timing is None else meet_latency(prune, meter, timing)
         gates.detach()
         slim = pruned.model
         acc = dict(stage["accuracy"], pruned=accuracy(slim))
@@ -174,6 +197,7 @@ def compress(
         acc["pruned_bn_recalibrated"] = accuracy(slim)
         stage.update(model=slim.state_dict(), removed=pruned.removed, fraction=pruned.fraction,
                      max_abs_diff=pruned.max_abs_diff, accuracy=acc, rng=rng_state(train_loader),
+                     latency=asdict(timing) if timing is not None else None,
                      timings=dict(stage["timings"], prune=time.perf_counter() - t0))
         stage.pop("gates", None)
         ckpt.save("pruned", stage)
@@ -184,7 +208,7 @@ def compress(
         log("[ibprune] resumed after pruning")
     acc, timings, removed = dict(stage["accuracy"]), dict(stage["timings"]), stage["removed"]
     notes = []
-    if stage["fraction"] < target - 0.03:
+    if metric != "latency" and stage["fraction"] < target - 0.03:
         notes.append(f"achieved {metric} {stage['fraction']:.3f} is more than 0.03 below the budget {target:.3f}: "
                      f"the channel widths (round_to={round_to}) allow no closer fit")
     log(f"[ibprune] pruned to {stage['fraction']:.3f} of the original {metric} "
@@ -221,8 +245,7 @@ def compress(
             "target": {metric: target},
             "original": entries["original"],
             "compressed": entries["compressed"],
-            "achieved": {"macs": entries["compressed"]["macs"] / orig_macs,
-                         "params": entries["compressed"]["params"] / orig_params},
+            "achieved": _achieved(entries, orig_macs, orig_params, bench_batch),
             "onnx": {"path": str(paths["compressed"]) if out_dir is not None else None,
                      "original_path": str(paths["original"]) if out_dir is not None else None,
                      "max_abs_diff": diffs["compressed"], "original_max_abs_diff": diffs["original"],
@@ -237,12 +260,17 @@ def compress(
             "finetune": {"epochs": finetune_epochs, "steps": finetune_steps, "distill": distill, "lr": lr,
                          "nan_recoveries": tuned["nan_recoveries"]},
             "robustness": robust,
+            "latency_budget": stage.get("latency"),
             "resumed_from": ckpt.resumed[-1] if ckpt.resumed else None,
             "notes": notes,
             "timings_s": timings,
             "environment": {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
                             "python": platform.python_version(), "machine": platform.machine()},
         }
+        if metric == "latency" and rep["achieved"]["latency"] > target:
+            notes.append(f"the final benchmark timed the compressed model at {rep['achieved']['latency']:.3f} of "
+                         f"the original's latency, over the budget {target:.3f}: timing noise on a busy machine, "
+                         "or no narrower network met it (see latency_budget)")
         if out_dir is not None:
             unit = "nats" if criterion == "ib" else f"{criterion} importance"
             position = {name: i for i, (name, _) in enumerate(original.named_modules())}
@@ -305,6 +333,14 @@ def _export_and_benchmark(original, slim, example_input, folder: Path, acc: dict
                for key, net, a in (("original", original, "original"), ("compressed", slim, "finetuned"))}
     timings["benchmark"] = time.perf_counter() - t0
     return paths, entries, diffs
+
+
+def _achieved(entries: dict, orig_macs: int, orig_params: int, batch: int) -> dict:
+    """Fractions of the original kept: MACs, params, and onnxruntime p50 latency at ``batch``."""
+    o, c = entries["original"]["latency_ms"], entries["compressed"]["latency_ms"]
+    key = f"batch_{batch}"
+    return {"macs": entries["compressed"]["macs"] / orig_macs, "params": entries["compressed"]["params"] / orig_params,
+            "latency": c[key]["p50"] / o[key]["p50"] if key in o else None}
 
 
 def _fmt(acc: dict) -> str:

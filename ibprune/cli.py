@@ -43,6 +43,10 @@ def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> Non
     budget = c.add_mutually_exclusive_group(required=True)
     budget.add_argument("--macs", type=budget_type, help=budget_help.format("MACs"))
     budget.add_argument("--params", type=budget_type, help=budget_help.format("parameters"))
+    if budget_type is float:  # a sweep runs over MACs or params budgets only
+        budget.add_argument("--latency", type=float,
+                            help="keep at most this fraction of the original's onnxruntime CPU latency at "
+                                 "--bench-batch, measured on this machine, e.g. 0.6")
     c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
     c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
     c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
@@ -81,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
     c = sub.add_parser("compress", help="compress a model given by flags",
-                       description="Compress a model to a MACs or params budget. Writes report.json, report.md, "
-                                   "information.json/.png, model.onnx, original.onnx and compressed.pt into --out.")
+                       description="Compress a model to a MACs, params or latency budget. Writes report.json, "
+                                   "report.md, information.json/.png, model.onnx, original.onnx and compressed.pt "
+                                   "into --out.")
     _job_flags(c, float, "keep at most this fraction of the {}, e.g. 0.5")
     w = sub.add_parser("sweep", help="compress to several budgets from one gate phase; Pareto plot",
                        description="Compress a model to each of several budgets: the explore half of the gate "

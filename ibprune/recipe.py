@@ -29,6 +29,7 @@ class Job:
     workers: int = 2
     macs: float | list[float] | None = None      # a list: a sweep over those budgets
     params: float | list[float] | None = None
+    latency: float | None = None                 # fraction of the original's onnxruntime latency
     gate_epochs: float = 1.0
     finetune_epochs: float = 5.0
     lr: float = 0.01
@@ -48,7 +49,7 @@ class Job:
 SECTIONS = {
     "model": ("model", "weights", "num_classes", "trust_checkpoint"),
     "data": ("data", "input_size", "batch_size", "workers"),
-    "budget": ("macs", "params"),
+    "budget": ("macs", "params", "latency"),
     "train": ("gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to", "device", "seed"),
     "output": ("out", "bench_batch", "latency_runs", "robustness_eps"),
 }
@@ -121,9 +122,9 @@ def run_job(job: Job, verbose: bool = True):
 
     sweep = isinstance(job.macs, list) or isinstance(job.params, list)
     if not sweep:  # a bad budget fails before any model or data is loaded
-        budget_of(job.macs, job.params)
-    elif job.macs is not None and job.params is not None:
-        raise BudgetError("give exactly one budget: macs or params")
+        budget_of(job.macs, job.params, job.latency)
+    elif job.latency is not None or (job.macs is not None and job.params is not None):
+        raise BudgetError("give exactly one budget: a sweep runs over macs or params budgets")
     else:
         sweep_budgets("macs" if job.macs else "params", job.macs or job.params)
     model = build(job.model, job.num_classes)
@@ -152,7 +153,8 @@ def run_job(job: Job, verbose: bool = True):
                               beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device,
                               seed=job.seed, bench_batch=job.bench_batch, latency_runs=job.latency_runs,
                               resume=job.resume, robustness_eps=job.robustness_eps, verbose=verbose)
-    return compress(model, train, val, macs=job.macs, params=job.params, gate_epochs=job.gate_epochs,
+    return compress(model, train, val, macs=job.macs, params=job.params, latency=job.latency,
+                    gate_epochs=job.gate_epochs,
                     finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                     beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
                     bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume,

@@ -40,6 +40,14 @@ def _rows(rep: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _latency(rep: dict) -> str:
+    fraction = rep["achieved"].get("latency")
+    if fraction is None:
+        return ""
+    batch = max(int(k.split("_")[1]) for k in rep["original"]["latency_ms"] if k.startswith("batch_"))
+    return f", onnxruntime latency {fraction:.3f} (p50, batch {batch})"
+
+
 def _nats(rep: dict, group: str) -> str:
     info = rep["gates"].get("information_nats")
     return "n/a" if info is None else f"{info[group]:.2f}"
@@ -85,7 +93,7 @@ def markdown(rep: dict) -> str:
     lines = [
         "# ibprune report", "",
         f"Target: {metric} <= {target:.3f} of the original; achieved MACs {rep['achieved']['macs']:.3f}, "
-        f"params {rep['achieved']['params']:.3f}.", "",
+        f"params {rep['achieved']['params']:.3f}{_latency(rep)}.", "",
         *(f"> Note: {n}" for n in rep.get("notes", [])),
         "| | original | compressed | change |", "| --- | --- | --- | --- |",
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(rep)),

@@ -1,8 +1,9 @@
 """Stage checkpoints, so that an interrupted ``compress()`` continues where it stopped.
 
 A run with an output folder keeps ``<out>/checkpoints/``: ``settings.json`` (what the run was asked to do),
-``gates.pt`` (after the gate phase), ``pruned.pt`` (after pruning) and ``finetune.pt`` (written every epoch of
-fine-tuning, with optimizer, scheduler, data-order and random-number state). Each file is written atomically and
+``latency.pt`` (with a latency budget: the MACs target the timing found), ``gates.pt`` (after the gate phase),
+``pruned.pt`` (after pruning) and ``finetune.pt`` (written every epoch of fine-tuning, with optimizer,
+scheduler, data-order and random-number state). Each file is written atomically and
 loads with ``weights_only=True``. ``resume=True`` skips every finished stage and continues fine-tuning at the
 saved step; on the CPU the result is the one an uninterrupted run gives. The folder is deleted once the run's
 outputs are written, so a leftover one always means an interrupted run.
@@ -19,7 +20,7 @@ import torch
 from ibprune.errors import InputError
 from ibprune.files import atomic_path, write_json
 
-STAGES = ("gates", "pruned", "finetune")
+STAGES = ("latency", "gates", "pruned", "finetune")
 
 
 def rng_state(loader=None) -> dict:

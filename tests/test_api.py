@@ -66,10 +66,12 @@ def test_budget_holds_on_torchvision_models(name, random_loader):
     ({"macs": 0.5, "params": 0.5}, "exactly one budget"),
     ({"macs": 1.5}, "fraction in \\(0, 1\\)"),
     ({"params": 0.0}, "fraction in \\(0, 1\\)"),
+    ({"macs": 0.5, "latency": 0.5}, "exactly one budget"),
+    ({"latency": 1.2}, "latency budget must be a fraction in \\(0, 1\\)"),
 ])
 def test_bad_budgets_are_refused(kwargs, message):
     with pytest.raises(BudgetError, match=message):
-        budget_of(kwargs.get("macs"), kwargs.get("params"))
+        budget_of(kwargs.get("macs"), kwargs.get("params"), kwargs.get("latency"))
 
 
 def test_demo_meets_its_promise():

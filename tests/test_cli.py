@@ -15,6 +15,11 @@ def test_help_is_useful():
     for sub in ("demo", "compress", "run"):
         out = subprocess.run([sys.executable, "-m", "ibprune.cli", sub, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage" in out.stdout
+    compress = subprocess.run([sys.executable, "-m", "ibprune.cli", "compress", "--help"], capture_output=True,
+                              text=True).stdout
+    sweep = subprocess.run([sys.executable, "-m", "ibprune.cli", "sweep", "--help"], capture_output=True,
+                           text=True).stdout
+    assert "--latency LATENCY" in compress and "--latency LATENCY" not in sweep  # sweeps: MACs or params
 
 
 def test_compress_from_flags(tmp_path):

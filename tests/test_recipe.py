@@ -47,6 +47,13 @@ def test_malformed_recipes_name_the_problem(tmp_path, text, message):
         load_recipe(_write(tmp_path, text))
 
 
+def test_a_latency_budget_is_one_value(tmp_path):
+    job = load_recipe(_write(tmp_path, GOOD.replace("macs = 0.5", "latency = 0.7")))
+    assert job.latency == 0.7 and job.macs is None
+    with pytest.raises(RecipeError, match="latency must be a float"):
+        load_recipe(_write(tmp_path, GOOD.replace("macs = 0.5", "latency = [0.7, 0.5]")))
+
+
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "nope.toml")

@@ -1,0 +1,141 @@
+"""A latency budget: prune until the network runs within a fraction of the original's measured latency.
+
+Latency is not proportional to MACs. On 2 CPU cores a CIFAR ResNet-20 at half its MACs ran only 10-15 % faster
+in onnxruntime at batch 64 (per-operator overhead dominates small networks), so a latency budget is met by
+measurement, not by a model of it:
+
+1. ``macs_for_latency``, before any training: bisect the MACs fraction; at each candidate, plan the removal by a
+   data-free ranking (L1 magnitude), cut a copy of the model to those widths, export it and time it. The
+   largest fraction whose network runs within the budget becomes the MACs target of the usual pipeline.
+2. After pruning (``compress``), the slim network itself is timed; if its widths (chosen by information, not by
+   L1) run slower than the budget, it is pruned again to a proportionally smaller MACs target, a few times at
+   most.
+
+Every time is the median (p50) of onnxruntime CPU runs at one batch size and thread count, on this machine:
+a budget met here says nothing about another machine, and timing noise on a busy machine is a few percent.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ibprune import bench
+from ibprune.costs import CostModel
+from ibprune.criteria import criterion_scores
+from ibprune.errors import BudgetError
+from ibprune.export import export_onnx
+from ibprune.groups import ChannelGroup
+from ibprune.prune import PruneResult, block_sizes, plan_removal, remove_channels
+
+
+@dataclass
+class LatencyMeter:
+    """onnxruntime CPU latency (ms) of a model at ``batch`` with ``threads`` threads (exported to a temp file):
+    the smallest p50 of ``repeats`` rounds sharing ``runs`` timed runs. Other work on the machine only ever
+    slows a round down, so the fastest round is the least disturbed one."""
+
+    example_input: torch.Tensor
+    batch: int
+    threads: int
+    runs: int = 50
+    repeats: int = 3
+
+    def __call__(self, model: nn.Module) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model, self.example_input, Path(tmp) / "timed.onnx")
+            per_round = max(5, self.runs // self.repeats)
+            return min(bench.latency(path, self.example_input, self.batch, self.threads, runs=per_round)["p50"]
+                       for _ in range(self.repeats))
+
+
+@dataclass
+class LatencyPlan:
+    """The MACs target found for a latency budget, and the measurements that found it."""
+
+    target: float                                   # the budget: fraction of the original's latency
+    macs: float                                     # the MACs fraction to prune to
+    original_ms: float
+    tried: list[dict] = field(default_factory=list)  # {"macs", "latency"} per candidate (fractions)
+    pruned: list[dict] = field(default_factory=list)  # the same for each pruning of the trained network
+
+
+def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
+                     cost_model: CostModel, target: float, measure: Callable[[nn.Module], float], *,
+                     round_to: int | None = None, steps: int = 6) -> LatencyPlan:
+    """The largest MACs fraction (to ``1 / 2**steps``) whose L1-planned network runs within ``target`` of
+    ``model``'s latency, as ``measure`` times it. ``cost_model`` must count MACs.
+
+    Raises ``BudgetError`` when no candidate meets ``target`` (the narrowest network tried is named).
+    """
+    if cost_model.metric != "macs":
+        raise ValueError("macs_for_latency needs a MACs cost model")
+    original_ms = measure(model)
+    score = criterion_scores(model, example_input, groups, "l1")
+    blocks = block_sizes(groups, round_to)
+    plan = LatencyPlan(target, 1.0, original_ms)
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        try:
+            removed = plan_removal(score, cost_model, mid, blocks)
+        except BudgetError:  # below the narrowest network the widths allow
+            lo = mid
+            continue
+        slim = remove_channels(copy.deepcopy(model), example_input, removed)
+        ratio = measure(slim) / original_ms
+        plan.tried.append({"macs": mid, "latency": ratio})
+        if ratio <= target:
+            best, lo = mid, mid
+        else:
+            hi = mid
+    if best is None:
+        fastest = min(plan.tried, key=lambda t: t["latency"], default=None)
+        seen = (f"; the fastest network tried ({fastest['macs']:.3f} of the MACs) ran at {fastest['latency']:.3f} "
+                f"of it") if fastest else ""
+        raise BudgetError(f"latency budget {target:.3f} of the original's {original_ms:.3g} ms is out of reach by "
+                          f"removing channels here{seen}: per-operator overhead bounds how fast a slimmer network "
+                          "runs (try a larger batch or a looser budget)")
+    plan.macs = best
+    return plan
+
+
+def meet(prune: Callable[[float], PruneResult], measure: Callable[[nn.Module], float], plan: LatencyPlan,
+         tries: int = 3) -> PruneResult:
+    """``prune(plan.macs)``, timed; while it runs slower than ``plan.target``, pruned again (at most ``tries``
+    times) to a smaller MACs target: where the latency-per-MACs slope fitted to every measurement so far says
+    the budget is met (aiming 1 % under it; without a slope, smaller in proportion to the miss), and at least
+    1 % smaller. Each pruning's MACs target and measured latency are appended to ``plan.pruned``; the last
+    result is returned even if it still misses (``compress`` notes that in its report)."""
+    macs = plan.macs
+    result = prune(macs)
+    for attempt in range(tries + 1):
+        ratio = measure(result.model) / plan.original_ms
+        plan.pruned.append({"macs": macs, "latency": ratio})
+        if ratio <= plan.target or attempt == tries:
+            break
+        slope = _slope(plan.tried + plan.pruned)
+        aim = macs - (ratio - 0.99 * plan.target) / slope if slope else macs * plan.target / ratio
+        macs = min(aim, 0.99 * macs)
+        try:
+            result = prune(macs)
+        except BudgetError:  # no narrower network: keep the last one
+            break
+    return result
+
+
+def _slope(points: list[dict]) -> float | None:
+    """Least-squares slope of latency against MACs fraction (``None`` unless positive and defined)."""
+    if len(points) < 2:
+        return None
+    xs, ys = [p["macs"] for p in points], [p["latency"] for p in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
+    return slope if slope > 0 else None
