@@ -70,7 +70,7 @@ def run(name: str, target: float, runs: int, seed: int = 0) -> dict:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model | batch | budget | MACs target (search) | prunings: MACs -> latency | MACs kept | "
+    lines = ["| model | batch | budget | MACs target (search, s) | prunings: MACs -> latency | MACs kept | "
              "final benchmark: ms (original / compressed) | latency kept | met | accuracy (original -> compressed) |",
              "|" + " --- |" * 10]
     for r in rows:
@@ -81,7 +81,8 @@ def table(rows: list[dict]) -> list[str]:
         prunings = ", ".join(f"{p['macs']:.3f} -> {p['latency']:.3f}" for p in s["pruned"])
         acc = r["accuracy"]
         lines.append(
-            f"| {r['model']} | {r['settings']['bench_batch']} | {r['target']:.2f} | {s['macs']:.3f} | {prunings} "
+            f"| {r['model']} | {r['settings']['bench_batch']} | {r['target']:.2f} "
+            f"| {s['macs']:.3f} ({s['seconds']:.0f} s) | {prunings} "
             f"| {a['macs']:.3f} | {ms['original']:.3f} / {ms['compressed']:.3f} | {a['latency']:.3f} "
             f"| {'yes' if a['latency'] <= r['target'] else 'no'} "
             f"| {100 * acc['original']:.2f} -> {100 * acc['compressed']:.2f} % |")

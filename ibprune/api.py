@@ -147,7 +147,9 @@ def compress(
         saved = ckpt.load("latency")
         timing = LatencyPlan(**saved) if saved is not None else macs_for_latency(
             work, example_input, groups, cost_model, target, meter, round_to=round_to)
+        timing.seconds = timing.seconds or time.perf_counter() - t0
         ckpt.save("latency", asdict(timing))
+        t0 = time.perf_counter()
         cut = timing.macs
         log(f"[ibprune] latency budget {target:.3f} of {timing.original_ms:.3g} ms (onnxruntime, batch "
             f"{bench_batch}, {meter.threads} thread(s)): pruning to {cut:.3f} of the MACs")
@@ -211,7 +213,7 @@ def compress(
     if metric != "latency" and stage["fraction"] < target - 0.03:
         notes.append(f"achieved {metric} {stage['fraction']:.3f} is more than 0.03 below the budget {target:.3f}: "
                      f"the channel widths (round_to={round_to}) allow no closer fit")
-    log(f"[ibprune] pruned to {stage['fraction']:.3f} of the original {metric} "
+    log(f"[ibprune] pruned to {stage['fraction']:.3f} of the original {cost_model.metric} "
         f"(function check max diff {stage['max_abs_diff']:.2g}); accuracy {_fmt(acc)}")
 
     t0 = time.perf_counter()

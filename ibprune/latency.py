@@ -64,6 +64,7 @@ class LatencyPlan:
     original_ms: float
     tried: list[dict] = field(default_factory=list)  # {"macs", "latency"} per candidate (fractions)
     pruned: list[dict] = field(default_factory=list)  # the same for each pruning of the trained network
+    seconds: float = 0.0                            # the search's wall time (export and timing)
 
 
 def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],

@@ -81,7 +81,7 @@ def test_compress_to_a_latency_budget(digits_net, random_loader, tmp_path, monke
     rep = result.report
     assert rep["target"] == {"latency": 0.7}
     timing = rep["latency_budget"]
-    assert timing["target"] == 0.7 and 0.55 <= timing["macs"] <= 0.64 and timing["pruned"]
+    assert timing["target"] == 0.7 and 0.55 <= timing["macs"] <= 0.64 and timing["pruned"] and timing["seconds"] > 0
     assert timing["pruned"][-1]["latency"] <= 0.7  # as the (fake) clock timed the pruned network
     assert rep["achieved"]["macs"] <= timing["pruned"][-1]["macs"] + 1e-9
     # the final benchmark really times both models; a miss there is noted, never hidden
