@@ -25,7 +25,11 @@ def default_threads() -> int:
 def latency(path: str | os.PathLike, example_input: torch.Tensor, batch: int, threads: int,
             warmup: int = 10, runs: int = 50) -> dict[str, float]:
     """onnxruntime CPU latency in ms at ``batch``: p50 and p90 over ``runs`` timed runs after ``warmup``."""
-    sess = session(path, threads)
+    return time_runs(session(path, threads), example_input, batch, warmup, runs)
+
+
+def time_runs(sess, example_input: torch.Tensor, batch: int, warmup: int = 10, runs: int = 50) -> dict[str, float]:
+    """``latency`` on an open onnxruntime session."""
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *example_input.shape[1:])).astype(np.float32)
     for _ in range(warmup):

@@ -40,11 +40,14 @@ def onnx_opset(path: str | os.PathLike) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def session(path: str | os.PathLike, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session with an explicit thread count."""
+def session(path: str | os.PathLike, threads: int = 1, spinning: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session with an explicit thread count; ``spinning=False`` stops its idle threads from
+    busy-waiting (two sessions timed in turn would otherwise slow each other down)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -18,6 +18,7 @@ a budget met here says nothing about another machine, and timing noise on a busy
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,29 +31,51 @@ from ibprune import bench
 from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError
-from ibprune.export import export_onnx
+from ibprune.export import export_onnx, session
 from ibprune.groups import ChannelGroup
 from ibprune.prune import PruneResult, block_sizes, plan_removal, remove_channels
 
 
 @dataclass
 class LatencyMeter:
-    """onnxruntime CPU latency (ms) of a model at ``batch`` with ``threads`` threads (exported to a temp file):
-    the smallest p50 of ``repeats`` rounds sharing ``runs`` timed runs. Other work on the machine only ever
-    slows a round down, so the fastest round is the least disturbed one."""
+    """onnxruntime CPU latency (ms) of a model at ``batch`` with ``threads`` threads.
+
+    The first model timed is the reference (the original): its time is the median p50 of ``rounds`` rounds.
+    Every later model is timed in rounds alternating with the reference, and its time is the reference's times
+    the median of the rounds' ratios: a machine that slows down or speeds up between measurements (clock
+    frequency, other work) cancels out of the ratio, which is what a budget compares. On a 2-core machine
+    separate p50s of the same ResNet-20 drifted by 15 % between runs minutes apart. The sessions' idle threads do
+    not busy-wait: with onnxruntime's default spinning, two sessions timed in turn slowed each other down (a
+    digits CNN with 0.89 of the MACs timed at 0.46 of the original's latency).
+    """
 
     example_input: torch.Tensor
     batch: int
     threads: int
-    runs: int = 50
-    repeats: int = 3
+    runs: int = 50     # timed runs per model per measurement, shared by the rounds
+    rounds: int = 5
+
+    def __post_init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory()
+        self._reference = None
+        self.reference_ms: float | None = None
 
     def __call__(self, model: nn.Module) -> float:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(model, self.example_input, Path(tmp) / "timed.onnx")
-            per_round = max(5, self.runs // self.repeats)
-            return min(bench.latency(path, self.example_input, self.batch, self.threads, runs=per_round)["p50"]
-                       for _ in range(self.repeats))
+        first = self._reference is None
+        path = export_onnx(model, self.example_input,
+                           Path(self._folder.name) / ("reference.onnx" if first else "candidate.onnx"))
+        sess = session(path, self.threads, spinning=False)  # two sessions alive: no busy-waiting threads
+        per_round = max(5, self.runs // self.rounds)
+        if first:
+            self._reference = sess
+            self.reference_ms = statistics.median(self._p50(sess, per_round) for _ in range(self.rounds))
+            return self.reference_ms
+        self._p50(sess, per_round)  # warm-up of the candidate's session
+        ratios = [self._p50(sess, per_round) / self._p50(self._reference, per_round) for _ in range(self.rounds)]
+        return self.reference_ms * statistics.median(ratios)
+
+    def _p50(self, sess, runs: int) -> float:
+        return bench.time_runs(sess, self.example_input, self.batch, warmup=2, runs=runs)["p50"]
 
 
 @dataclass
