@@ -145,10 +145,10 @@ def compress(
     if metric == "latency":  # a MACs target found by timing candidate networks, kept for a resumed run
         meter = LatencyMeter(example_input.cpu(), bench_batch, bench.default_threads(), latency_runs)
         saved = ckpt.load("latency")
-        if saved is not None:
-            meter(work)  # the original is the meter's reference
         timing = LatencyPlan(**saved) if saved is not None else macs_for_latency(
             work, example_input, groups, cost_model, target, meter, round_to=round_to)
+        if saved is not None:  # resumed: later timings are ratios to this run's timing of the original
+            timing.original_ms = meter(work)
         timing.seconds = timing.seconds or time.perf_counter() - t0
         ckpt.save("latency", asdict(timing))
         t0 = time.perf_counter()
