@@ -8,11 +8,11 @@ measurement, not by a model of it:
    data-free ranking (L1 magnitude), cut a copy of the model to those widths, export it and time it. The
    largest fraction whose network runs within the budget becomes the MACs target of the usual pipeline.
 2. After pruning (``compress``), the slim network itself is timed; if its widths (chosen by information, not by
-   L1) run slower than the budget, it is pruned again to a proportionally smaller MACs target, a few times at
-   most.
+   L1) run slower than the budget, it is pruned again to the MACs target the latency-per-MACs slope of every
+   measurement so far points to, a few times at most (``meet``).
 
-Every time is the median (p50) of onnxruntime CPU runs at one batch size and thread count, on this machine:
-a budget met here says nothing about another machine, and timing noise on a busy machine is a few percent.
+Every time is a ratio to the original's, from p50s of onnxruntime CPU runs at one batch size and thread count on
+this machine (``LatencyMeter``): a budget met here says nothing about another machine.
 """
 
 from __future__ import annotations
