@@ -44,9 +44,9 @@ class LatencyMeter:
     Every later model is timed in rounds alternating with the reference, and its time is the reference's times
     the median of the rounds' ratios: a machine that slows down or speeds up between measurements (clock
     frequency, other work) cancels out of the ratio, which is what a budget compares. On a 2-core machine
-    separate p50s of the same ResNet-20 drifted by 15 % between runs minutes apart. The sessions' idle threads do
+    separate p50s of the same ResNet-20 were 25.4 and 23.3 ms in runs minutes apart. The sessions' idle threads do
     not busy-wait: with onnxruntime's default spinning, two sessions timed in turn slowed each other down (a
-    digits CNN with 0.89 of the MACs timed at 0.46 of the original's latency).
+    digits CNN with 0.89 of the MACs timed at 0.46 of the original's latency, in a run that was not kept).
     """
 
     example_input: torch.Tensor
