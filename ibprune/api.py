@@ -142,7 +142,8 @@ def compress(
     orig_macs, orig_params = cost_model.macs, cost_model.params
     meter = timing = None
     cut = target  # the fraction of the cost model's metric to prune to
-    if metric == "latency":  # a MACs target found by timing candidate networks, kept for a resumed run
+    stage = ckpt.load("pruned")
+    if metric == "latency" and stage is None:  # a MACs target found by timing candidates, kept for a resume
         meter = LatencyMeter(example_input.cpu(), bench_batch, bench.default_threads(), latency_runs)
         saved = ckpt.load("latency")
         if saved is None:
@@ -164,7 +165,6 @@ def compress(
     log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
         f"{orig_macs / 1e6:.2f} M MACs, {orig_params / 1e6:.3f} M params; target {metric} <= {target:.3f}")
 
-    stage = ckpt.load("pruned")
     if stage is None:
         stage = ckpt.load("gates")
         original_accuracy = accuracy(work) if stage is None else None

@@ -117,3 +117,30 @@ def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader,
     # the original (the meter's reference) and the pruned network were timed, no search
     assert clocks[-1].calls == 1 + len(rep["latency_budget"]["pruned"])
     assert len(rep["latency_budget"]["tried"]) == 6 and rep["resumed_from"] == "latency"
+
+
+def test_a_run_resumed_after_pruning_times_nothing_again(digits_net, random_loader, tmp_path, monkeypatch):
+    clocks = []
+
+    def fake_meter(example_input, batch, threads, runs):
+        clocks.append(MacsClock(digits_net, overhead=0.3))
+        clocks[-1].threads = threads
+        return clocks[-1]
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ibprune.api, "LatencyMeter", fake_meter)
+    real_fit = ibprune.api.fit
+    monkeypatch.setattr(ibprune.api, "fit", dies)  # the fine-tune: the pruned stage is saved by then
+    loader = random_loader()
+    kwargs = {"latency": 0.7, "out_dir": tmp_path, "round_to": 1, "gate_epochs": 1.0, "finetune_epochs": 1.0,
+              "latency_runs": 3, "bench_batch": 4, "verbose": False}
+    with pytest.raises(KeyboardInterrupt):
+        ibprune.compress(digits_net, loader, **kwargs)
+    first = clocks[-1].calls
+    assert (tmp_path / "checkpoints" / "pruned.pt").is_file()
+    monkeypatch.setattr(ibprune.api, "fit", real_fit)
+    rep = ibprune.compress(digits_net, loader, resume=True, **kwargs).report
+    assert len(clocks) == 1 and clocks[0].calls == first and rep["resumed_from"] == "pruned"  # nothing timed
+    assert rep["latency_budget"]["pruned"] and first == 7 + len(rep["latency_budget"]["pruned"])
