@@ -342,11 +342,11 @@ def _export_and_benchmark(original, slim, example_input, folder: Path, acc: dict
 
 
 def _achieved(entries: dict, orig_macs: int, orig_params: int, batch: int) -> dict:
-    """Fractions of the original kept: MACs, params, and onnxruntime p50 latency at ``batch``."""
+    """Fractions of the original kept: MACs, params, and onnxruntime p50 latency at ``batch`` (recorded)."""
     o, c = entries["original"], entries["compressed"]
     key = f"batch_{batch}"
     return {"macs": c["macs"] / orig_macs, "params": c["params"] / orig_params,
-            "latency": c["latency_ms"][key]["p50"] / o["latency_ms"][key]["p50"]}
+            "latency": c["latency_ms"][key]["p50"] / o["latency_ms"][key]["p50"], "latency_batch": batch}
 
 
 def _fmt(acc: dict) -> str:
