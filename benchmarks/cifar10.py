@@ -358,7 +358,8 @@ def _comparison(table: list[dict]) -> list[str]:
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
            "kept a multiple of 4 or 8 for every method of the row. **Bold**: the best pruned model of the row. "
-           f"`ib − best`: IB's mean minus the best other criterion's. {EARLIER}", "",
+           "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
+           f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
            "| model | epochs | widths | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
     for (model, epochs, multiple, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
@@ -375,11 +376,21 @@ def _comparison(table: list[dict]) -> list[str]:
             text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
         d = dense.get((model, epochs))
-        others = [r["test_accuracy_mean"] for m, r in row.items() if m != "ib"]
-        margin = f"{row['ib']['test_accuracy_mean'] - max(others):+.2f}" if "ib" in row and others else "—"
+        others = [r for m, r in row.items() if m != "ib"]
+        margin = _margin(row["ib"], max(others, key=lambda r: r["test_accuracy_mean"])) if "ib" in row and others \
+            else "—"
         out.append(f"| {model} | {epochs:g} | ×{multiple} | {budget} | " + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
     return out
+
+
+def _margin(ib: dict, best: dict) -> str:
+    """IB's mean minus ``best``'s, with the difference's standard error when both rows have 2+ seeds."""
+    text = f"{ib['test_accuracy_mean'] - best['test_accuracy_mean']:+.2f}"
+    if min(ib["seeds"], best["seeds"]) < 2:
+        return text
+    se = (ib["test_accuracy_std"] ** 2 / ib["seeds"] + best["test_accuracy_std"] ** 2 / best["seeds"]) ** 0.5
+    return f"{text} ± {se:.2f}"
 
 
 def _mean(values):
