@@ -67,18 +67,31 @@ def test_the_meter_times_models_against_the_first(digits_net):
     assert meter(digits_net) > 0  # timed against the reference (no timing is asserted: it is not a test's job)
 
 
-def test_compress_to_a_latency_budget(digits_net, random_loader, tmp_path, monkeypatch):
-    clocks = []
+@pytest.fixture
+def clocks(digits_net, monkeypatch) -> list[MacsClock]:
+    """``compress`` times with MacsClocks (deterministic; the final benchmark stays real): one per meter made."""
+    made = []
 
-    def fake_meter(example_input, batch, threads, runs):  # deterministic timing; the final benchmark is real
-        clocks.append(MacsClock(digits_net, overhead=0.3))
-        clocks[-1].threads = threads
-        return clocks[-1]
+    def fake_meter(example_input, batch, threads, runs):
+        made.append(MacsClock(digits_net, overhead=0.3))
+        made[-1].threads = threads
+        return made[-1]
 
     monkeypatch.setattr(ibprune.api, "LatencyMeter", fake_meter)
+    return made
+
+
+def _dies(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+LATENCY_RUN = {"latency": 0.7, "round_to": 1, "gate_epochs": 1.0, "finetune_epochs": 1.0, "latency_runs": 3,
+               "bench_batch": 4, "verbose": False}
+
+
+def test_compress_to_a_latency_budget(digits_net, random_loader, tmp_path, clocks):
     loader = random_loader()
-    result = ibprune.compress(digits_net, loader, latency=0.7, out_dir=tmp_path, round_to=1, gate_epochs=1.0,
-                              finetune_epochs=1.0, latency_runs=3, bench_batch=4, verbose=False)
+    result = ibprune.compress(digits_net, loader, out_dir=tmp_path, **LATENCY_RUN)
     rep = result.report
     assert rep["target"] == {"latency": 0.7}
     timing = rep["latency_budget"]
@@ -91,23 +104,11 @@ def test_compress_to_a_latency_budget(digits_net, random_loader, tmp_path, monke
     assert "onnxruntime latency" in (tmp_path / "report.md").read_text()
 
 
-def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader, tmp_path, monkeypatch):
-    clocks = []
-
-    def fake_meter(example_input, batch, threads, runs):
-        clocks.append(MacsClock(digits_net, overhead=0.3))
-        clocks[-1].threads = threads
-        return clocks[-1]
-
-    def dies(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ibprune.api, "LatencyMeter", fake_meter)
+def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader, tmp_path, monkeypatch, clocks):
     real_stage = ibprune.api._gate_stage
-    monkeypatch.setattr(ibprune.api, "_gate_stage", dies)
+    monkeypatch.setattr(ibprune.api, "_gate_stage", _dies)
     loader = random_loader()
-    kwargs = {"latency": 0.7, "out_dir": tmp_path, "round_to": 1, "gate_epochs": 1.0, "finetune_epochs": 1.0,
-              "latency_runs": 3, "bench_batch": 4, "verbose": False}
+    kwargs = dict(LATENCY_RUN, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ibprune.compress(digits_net, loader, **kwargs)
     searched = clocks[-1].calls
@@ -119,23 +120,11 @@ def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader,
     assert len(rep["latency_budget"]["tried"]) == 6 and rep["resumed_from"] == "latency"
 
 
-def test_a_run_resumed_after_pruning_times_nothing_again(digits_net, random_loader, tmp_path, monkeypatch):
-    clocks = []
-
-    def fake_meter(example_input, batch, threads, runs):
-        clocks.append(MacsClock(digits_net, overhead=0.3))
-        clocks[-1].threads = threads
-        return clocks[-1]
-
-    def dies(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ibprune.api, "LatencyMeter", fake_meter)
+def test_a_run_resumed_after_pruning_times_nothing_again(digits_net, random_loader, tmp_path, monkeypatch, clocks):
     real_fit = ibprune.api.fit
-    monkeypatch.setattr(ibprune.api, "fit", dies)  # the fine-tune: the pruned stage is saved by then
+    monkeypatch.setattr(ibprune.api, "fit", _dies)  # the fine-tune: the pruned stage is saved by then
     loader = random_loader()
-    kwargs = {"latency": 0.7, "out_dir": tmp_path, "round_to": 1, "gate_epochs": 1.0, "finetune_epochs": 1.0,
-              "latency_runs": 3, "bench_batch": 4, "verbose": False}
+    kwargs = dict(LATENCY_RUN, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ibprune.compress(digits_net, loader, **kwargs)
     first = clocks[-1].calls
