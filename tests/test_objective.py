@@ -6,6 +6,7 @@ from ibprune.costs import CostModel
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
 from ibprune.objective import GatePressure, calibrate_beta
+from tests.test_prune import removal_fraction
 
 X = torch.randn(1, 1, 8, 8)
 
@@ -43,10 +44,7 @@ def test_explore_then_squeeze(digits_net):
     for n, w in pressure.weights.items():
         for i, v in enumerate(w.tolist()):
             assert (v > 0) == ((n, i) in removed)
-    keep = {n: torch.ones(cost_model.sizes[n]) for n in pressure.removal}
-    for n, idxs in pressure.removal.items():
-        keep[n][idxs] = 0
-    assert cost_model.fraction(keep) <= 0.5
+    assert removal_fraction(cost_model, pressure.removal) <= 0.5
     # beta rises while a channel to remove is open, and stops once all are shut
     assert pressure.beta > 0.1 and pressure.open_to_remove() > 0 and not pressure.done()
     first = next(iter(pressure.removal))

@@ -124,10 +124,11 @@ def test_coarse_widths_still_land_near_the_budget(seed):
     removed = plan_removal(score, cost_model, 0.5, round_to=8)
     for n, idxs in removed.items():
         assert (cost_model.sizes[n] - len(idxs)) % 8 == 0
-    assert 0.47 <= _fraction(cost_model, removed) <= 0.5
+    assert 0.47 <= removal_fraction(cost_model, removed) <= 0.5
 
 
-def _fraction(cost_model, removed):
+def removal_fraction(cost_model, removed) -> float:
+    """The cost model's fraction left after removing ``removed`` (name -> channel indices)."""
     keep = {n: torch.ones(s) for n, s in cost_model.sizes.items()}
     for n, idxs in removed.items():
         keep[n][idxs] = 0
@@ -155,7 +156,7 @@ def test_the_budget_is_filled_no_removed_block_fits_back(target):
     cost_model = CostModel(net, x, groups)
     score = {gr.name: torch.rand(gr.size, generator=torch.Generator().manual_seed(1)) for gr in groups}
     removed = plan_removal(score, cost_model, target, round_to=8)
-    assert target - 0.01 <= _fraction(cost_model, removed) <= target
+    assert target - 0.01 <= removal_fraction(cost_model, removed) <= target
     for n, idxs in removed.items():  # the group's best-scored removed block: the last to have left
         best = sorted(idxs, key=lambda i: float(score[n][i]))[-8:]
-        assert _fraction(cost_model, {**removed, n: [i for i in idxs if i not in best]}) > target
+        assert removal_fraction(cost_model, {**removed, n: [i for i in idxs if i not in best]}) > target
