@@ -24,7 +24,7 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
     python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 taylor bn random --seeds 0 1 2
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 taylor --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --methods ib l1 taylor --budgets 0.4 --seeds 0 1
-    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 6 --methods dense ib taylor \
+    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 6 --methods dense ib taylor l1 \
         --budgets 0.5 --seeds 0      # and ib --seeds 1
     python benchmarks/cifar10.py latency      # on a quiet machine: each cell's architecture, one at a time
     python benchmarks/cifar10.py aggregate
