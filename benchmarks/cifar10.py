@@ -26,7 +26,8 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
     python benchmarks/cifar10.py run --model resnet56 --methods ib l1 taylor --budgets 0.4 --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 6 --methods dense ib taylor l1 \
         --budgets 0.5 --seeds 0      # and ib --seeds 1
-    python benchmarks/cifar10.py latency      # on a quiet machine: each cell's architecture, one at a time
+    python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
+    python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py aggregate
 
 On a GPU machine, ``--jobs N`` runs N cells at once, each in its own process: a ResNet-56 step is hundreds of
@@ -55,6 +56,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import torch
 
@@ -223,26 +225,55 @@ def _quiet_entry(measured: dict, stem: str, cell: dict) -> dict | None:
     return entry if entry and entry.get("macs") == cell["macs"] else None
 
 
+def _architecture(cell: dict) -> tuple:
+    """What latency depends on: the model and the widths kept (the dense model keeps them all)."""
+    return cell["model"], tuple(sorted((cell.get("kept_channels") or {}).items()))
+
+
 def cmd_latency(args) -> None:
-    """onnxruntime CPU latency of every cell's architecture, measured on a quiet machine, one cell at a time."""
+    """onnxruntime CPU latency of every cell's architecture, measured on a quiet machine in one sitting.
+
+    Each distinct architecture is exported once and timed ``--rounds`` times, the rounds interleaved across
+    architectures (all of them timed once, then all again), and each figure is the median over rounds: this
+    machine's speed drifts by 5-20 % between sittings (one ResNet-56 network timed 65.5 ms in one sitting and
+    53.7 ms in another), so only networks timed side by side compare. ``--cells`` picks cells by globs on their
+    names; ``--fresh`` re-times those already measured. A sitting is written when it ends (its figures only
+    compare with each other)."""
     measured = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
     example = torch.randn(1, 3, 32, 32)
-    widths: dict[str, dict[str, int]] = {}
-    for path in sorted(CELLS.glob("*.json")):
+    todo: dict[tuple, list[tuple[str, dict]]] = {}
+    for path in sorted({p for pattern in args.cells for p in CELLS.glob(f"{pattern}.json")}):
         cell = json.loads(path.read_text())
-        if _quiet_entry(measured, path.stem, cell) or (cell.get("kept_channels") is None
-                                                        and cell["method"] != "dense"):
+        if (not args.fresh and _quiet_entry(measured, path.stem, cell)) or (
+                cell.get("kept_channels") is None and cell["method"] != "dense"):
             continue
-        if cell["model"] not in widths:
-            widths[cell["model"]] = {g.name: g.size for g in find_groups(pretrained(cell["model"]), example)[1]}
-        net = rebuild(cell, widths[cell["model"]], example)
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx = export.export_onnx(net, example, Path(tmp) / "m.onnx")
-            lat = {f"batch_{b}": bench.latency(onnx, example, b, args.threads, runs=args.runs) for b in (1, 64)}
-        measured[path.stem] = dict(lat, threads=args.threads, macs=cell["macs"])
-        print(f"{path.stem}: {lat['batch_1']['p50']:.3f} / {lat['batch_64']['p50']:.2f} ms", flush=True)
-        write_json(LATENCY, {"cells": measured, "runs": args.runs, "machine": platform.machine(),
-                             "onnxruntime": onnxruntime.__version__})
+        todo.setdefault(_architecture(cell), []).append((path.stem, cell))
+    if not todo:
+        sys.exit(f"no cell matching {' '.join(args.cells)} needs timing (--fresh re-times measured ones)")
+    widths = {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]} for m in {a[0] for a in todo}}
+    batches = (1, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for i, (arch, cells) in enumerate(todo.items()):
+            net = rebuild(cells[0][1], widths[arch[0]], example)
+            sessions[arch] = export.session(export.export_onnx(net, example, Path(tmp) / f"{i}.onnx"), args.threads)
+        print(f"{len(sessions)} architectures ({sum(map(len, todo.values()))} cells), {args.rounds} rounds",
+              flush=True)
+        times: dict[tuple, list[dict]] = {arch: [] for arch in sessions}
+        for r in range(args.rounds):
+            for arch, sess in sessions.items():
+                times[arch].append({b: bench.time_runs(sess, example, b, runs=args.runs) for b in batches})
+            print(f"round {r + 1} of {args.rounds} done", flush=True)
+    sitting = time.strftime("%Y-%m-%dT%H:%M")
+    for arch, cells in todo.items():
+        lat = {f"batch_{b}": {q: float(np.median([t[b][q] for t in times[arch]])) for q in ("p50", "p90")}
+               for b in batches}
+        for stem, cell in cells:
+            measured[stem] = dict(lat, threads=args.threads, macs=cell["macs"], rounds=args.rounds, sitting=sitting)
+        print(f"{cells[0][0]} (+{len(cells) - 1} alike): {lat['batch_1']['p50']:.3f} / "
+              f"{lat['batch_64']['p50']:.2f} ms", flush=True)
+    write_json(LATENCY, {"cells": measured, "runs": args.runs, "machine": platform.machine(),
+                         "onnxruntime": onnxruntime.__version__})
 
 
 def cmd_aggregate(args) -> None:
@@ -421,7 +452,11 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (GPU machine)")
     lat = sub.add_parser("latency", help="measure every cell's architecture's ORT latency (run on a quiet machine)")
     lat.add_argument("--threads", type=int, default=2)
-    lat.add_argument("--runs", type=int, default=50)
+    lat.add_argument("--runs", type=int, default=50, help="timed runs per round and batch size")
+    lat.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over them is kept")
+    lat.add_argument("--cells", nargs="+", default=["*"],
+                     help="globs on cell names, e.g. 'resnet56-e6-*macs0.50-*' 'resnet56-e6-dense-*'")
+    lat.add_argument("--fresh", action="store_true", help="re-time the chosen cells even if already measured")
     sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
     args = p.parse_args(argv)
     {"run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
