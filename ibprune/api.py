@@ -18,7 +18,7 @@ from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
-from ibprune.errors import BudgetError
+from ibprune.errors import BudgetError, InputError
 from ibprune.files import write_json
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
@@ -71,7 +71,7 @@ def compress(
     gate_lr: float = 0.02,
     weight_decay: float = 5e-4,
     beta: float | None = None,
-    distill: bool = False,
+    distill: bool | nn.Module = False,
     round_to: int | None = 8,
     criterion: str = "ib",
     rank_per_cost: bool = False,
@@ -89,7 +89,8 @@ def compress(
     Gates are trained for up to ``gate_epochs`` on ``task loss + beta * weighted KL`` (``beta`` follows the
     budget unless given), the least informative channels are removed until the counted budget holds, the slim
     network is fine-tuned for ``finetune_epochs`` plus whatever the gate phase did not need (it ends once the
-    channels to remove are shut; ``distill=True``: from the original as teacher), and both models are
+    channels to remove are shut; ``distill=True``: from the original as teacher, ``distill=<model>``: from that
+    model, e.g. the original already adapted to the data, or a bigger one), and both models are
     exported to ONNX, checked with onnxruntime and benchmarked. With ``out_dir`` the report, both ONNX files and
     the compressed model are written there. ``model`` itself is never modified.
 
@@ -119,17 +120,21 @@ def compress(
     log = print if verbose else (lambda *a, **k: None)
 
     original = model
-    teacher = copy.deepcopy(original).eval() if distill else None
+    given = isinstance(distill, nn.Module)
+    teacher = copy.deepcopy(distill if given else original).eval() if given or distill else None
+    distill_name = "teacher" if given else ("original" if distill else None)
     work = copy.deepcopy(model).to(dev)
     rewrite(work)  # attention heads, channel shuffles: exposed to pruning, same function
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
     check_inputs(work, train_loader, example_input)
+    if teacher is not None:
+        _check_teacher(teacher.to(dev), work, example_input)
     if criterion != "ib":
         gate_epochs = 0.0
     settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
-                "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill,
+                "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill_name,
                 "round_to": round_to, "criterion": criterion, "rank_per_cost": rank_per_cost, "seed": seed,
                 "explored": explored is not None,
                 "train_batches": len(train_loader), "input_shape": list(example_input.shape),
@@ -263,7 +268,7 @@ def compress(
             "gates": dict(stage["gate_report"], epochs=gate_epochs, beta_given=beta is not None,
                           information_nats={g.name: float(information[g.name].sum()) for g in groups}
                           if criterion == "ib" else None),
-            "finetune": {"epochs": finetune_epochs, "steps": finetune_steps, "distill": distill, "lr": lr,
+            "finetune": {"epochs": finetune_epochs, "steps": finetune_steps, "distill": distill_name, "lr": lr,
                          "nan_recoveries": tuned["nan_recoveries"]},
             "robustness": robust,
             "latency_budget": stage.get("latency"),
@@ -291,6 +296,18 @@ def compress(
             ckpt.clear()
     log(report.summary(rep))
     return CompressResult(slim, rep, information, removed)
+
+
+def _check_teacher(teacher: nn.Module, student: nn.Module, example_input: torch.Tensor) -> None:
+    """A teacher must take the student's input and give outputs of the student's shape."""
+    with torch.no_grad():
+        try:
+            t, s = teacher(example_input), student.eval()(example_input)
+        except Exception as e:  # noqa: BLE001 - any failure here means the teacher does not fit the data
+            raise InputError(f"distill: the teacher model fails on the example input: {e}") from e
+    if t.shape != s.shape:
+        raise InputError(f"distill: the teacher's output has shape {tuple(t.shape)}, the model's "
+                         f"{tuple(s.shape)}: distillation needs the same outputs")
 
 
 def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explored, *, gate_epochs, beta, lr,

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -6,7 +7,7 @@ import torchvision
 
 import ibprune
 from ibprune.api import budget_of
-from ibprune.errors import BudgetError
+from ibprune.errors import BudgetError, InputError
 
 FAST = {"gate_epochs": 1.0, "finetune_epochs": 1.0, "latency_runs": 3, "bench_batch": 4, "verbose": False}
 
@@ -100,3 +101,13 @@ def test_robustness_section(digits_net, random_loader, tmp_path):
     assert set(rep["robustness"]["models"]) == {"original", "compressed"}
     assert {"clean", "fgsm", "pgd10"} == set(rep["robustness"]["models"]["compressed"])
     assert "## Robustness to small perturbations" in (tmp_path / "report.md").read_text()
+
+
+def test_distill_from_a_given_teacher(digits_net, random_loader):
+    loader = random_loader()
+    teacher = copy.deepcopy(digits_net)
+    result = ibprune.compress(digits_net, loader, macs=0.5, round_to=1, distill=teacher, **FAST)
+    assert result.report["finetune"]["distill"] == "teacher"
+    with pytest.raises(InputError, match="teacher's output has shape"):
+        ibprune.compress(digits_net, loader, macs=0.5, distill=torch.nn.Sequential(digits_net, torch.nn.Linear(10, 3)),
+                         **FAST)
