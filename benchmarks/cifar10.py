@@ -16,7 +16,10 @@ pruning does; ``ib`` ranks by information (nats), which the gate phase has shape
 Every method keeps widths a multiple of 8 (ibprune's default ``round_to``; ``--round-to 4`` gives every method
 finer widths, a row suffixed ``_r4``). Ablations: ``ib_per_cost`` ranks IB information per unit cost (it counts
 the cost twice: the gate phase already weighs each channel's KL by it), ``l1_per_cost`` ranks L1 that way too;
-``--distill`` fine-tunes every pruned method against the original (``_kd``); ``--beta`` and ``--gate-epochs``
+``--distill`` fine-tunes every pruned method against the original (``_kd``), ``--distill-dense`` against the
+dense model fine-tuned as long on the same seed (``_kdd``; a diagnostic, not an equal budget: the teacher's
+epochs come on top, and it is trained once per model, epochs and seed and kept under ``work/teachers/``);
+``--beta`` and ``--gate-epochs``
 change IB's gate phase (``_b``, ``_g``).
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
@@ -68,7 +71,7 @@ import ibprune
 from ibprune import bench, export
 from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders, load_cifar10
-from ibprune.files import write_figure, write_json, write_text
+from ibprune.files import atomic_path, write_figure, write_json, write_text
 from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
 from ibprune.prune import remove_channels
@@ -95,13 +98,15 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 
 def label(method: str, args) -> str:
     """The method's name in results: a run with non-default settings is its own row (``_g``: IB gate epochs,
-    ``_b``: IB explore beta, ``_kd``: distillation from the original, ``_r``: widths rounded to another multiple)."""
+    ``_b``: IB explore beta, ``_kd`` / ``_kdd``: distillation from the original / from the fine-tuned dense model,
+    ``_r``: widths rounded to another multiple)."""
     name = method
     if method.startswith("ib"):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
         name += f"_b{args.beta:g}" if args.beta else ""
     if method != "dense":
-        name += ("_kd" if args.distill else "") + (f"_r{args.round_to}" if args.round_to != 8 else "")
+        name += "_kdd" if args.distill_dense else "_kd" if args.distill else ""
+        name += f"_r{args.round_to}" if args.round_to != 8 else ""
     return name
 
 
@@ -113,6 +118,27 @@ def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: 
 def pretrained(model: str) -> torch.nn.Module:
     net = getattr(cifar_resnet, f"cifar_{model}")()
     return load_weights(net, SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]).eval()
+
+
+def dense_teacher(args, seed: int, device: torch.device) -> torch.nn.Module:
+    """The dense model fine-tuned for ``args.epochs`` on ``seed`` exactly as the dense cell trains it (its own
+    loaders and random state; the caller's are left as they were): trained the first time a cell asks, then
+    loaded from ``work/teachers/``."""
+    path = WORK / "teachers" / f"{args.model}-e{args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
+    outer = torch.get_rng_state()
+    torch.manual_seed(seed)
+    if path.exists():
+        net = pretrained(args.model)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        train, _, _ = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
+                                      seed=seed)
+        net = pretrained(args.model)
+        fit(net.to(device), train, steps_for(args.epochs, train), device, SGDConfig(lr=args.lr), desc="teacher")
+        with atomic_path(path) as tmp:
+            torch.save(net.state_dict(), tmp)
+    torch.set_rng_state(outer)
+    return net.eval()
 
 
 def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> dict:
@@ -139,12 +165,13 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         timings = {"finetune": time.perf_counter() - t0}
     else:
         is_ib = method.startswith("ib")
+        teacher = dense_teacher(args, seed, device) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if is_ib else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
                                   criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
                                   gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
                                   gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
-                                  latency_runs=args.latency_runs, distill=args.distill, round_to=args.round_to,
+                                  latency_runs=args.latency_runs, round_to=args.round_to, distill=teacher,
                                   out_dir=work, resume=True)
         net, rep = result.model, result.report
         resumed = rep["resumed_from"]
@@ -155,7 +182,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
-        "distill": args.distill, "round_to": args.round_to,
+        "distill": "dense" if args.distill_dense else args.distill, "round_to": args.round_to,
         "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
         "achieved": achieved, "kept_channels": kept, "macs": entry["macs"], "params": entry["params"],
         "latency_ms": entry["latency_ms"], "timings_s": timings,
@@ -459,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--beta", type=float, help="fixed explore beta for ib (default: calibrated)")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--distill", action="store_true", help="fine-tune (every pruned method) against the original")
+    r.add_argument("--distill-dense", action="store_true",
+                   help="fine-tune against the dense model fine-tuned as long (diagnostic: the teacher costs epochs)")
     r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
     r.add_argument("--device", default="auto")
     r.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per in-run latency")
