@@ -19,8 +19,7 @@ the cost twice: the gate phase already weighs each channel's KL by it), ``l1_per
 ``--distill`` fine-tunes every pruned method against the original (``_kd``), ``--distill-dense`` against the
 dense model fine-tuned as long on the same seed (``_kdd``; a diagnostic, not an equal budget: the teacher's
 epochs come on top, and it is trained once per model, epochs and seed and kept under ``work/teachers/``);
-``--beta`` and ``--gate-epochs``
-change IB's gate phase (``_b``, ``_g``).
+``--beta`` and ``--gate-epochs`` change IB's gate phase (``_b``, ``_g``).
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
@@ -31,7 +30,9 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 taylor --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --methods ib l1 taylor --budgets 0.4 --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 6 --methods dense ib taylor l1 \
-        --budgets 0.5 --seeds 0      # and ib --seeds 1
+        --budgets 0.5 --seeds 0      # and ib --seeds 1; the same with --epochs 10 --methods dense ib
+    python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 --budgets 0.5 --seeds 0 1 \
+        --distill-dense              # the diagnostic: a teacher adapted to the JPEG data
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py aggregate
