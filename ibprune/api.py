@@ -21,7 +21,7 @@ from ibprune.criteria import criterion_scores
 from ibprune.errors import BudgetError, InputError
 from ibprune.files import write_json
 from ibprune.gates import GateSet
-from ibprune.groups import find_groups
+from ibprune.groups import evaluating, find_groups
 from ibprune.latency import LatencyMeter, LatencyPlan, macs_for_latency
 from ibprune.latency import meet as meet_latency
 from ibprune.objective import train_gates
@@ -128,9 +128,9 @@ def compress(
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
-    check_inputs(work, train_loader, example_input)
+    classes = check_inputs(work, train_loader, example_input)
     if teacher is not None:
-        _check_teacher(teacher.to(dev), work, example_input)
+        _check_teacher(teacher.to(dev), classes, example_input)
     if criterion != "ib":
         gate_epochs = 0.0
     settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
@@ -298,16 +298,18 @@ def compress(
     return CompressResult(slim, rep, information, removed)
 
 
-def _check_teacher(teacher: nn.Module, student: nn.Module, example_input: torch.Tensor) -> None:
-    """A teacher must take the student's input and give outputs of the student's shape."""
-    with torch.no_grad():
+@torch.no_grad()
+def _check_teacher(teacher: nn.Module, classes: int, example_input: torch.Tensor) -> None:
+    """A teacher must take the model's input and give ``(batch, classes)`` outputs, as the model does."""
+    with evaluating(teacher):
         try:
-            t, s = teacher(example_input), student.eval()(example_input)
+            out = teacher(example_input)
         except Exception as e:  # noqa: BLE001 - any failure here means the teacher does not fit the data
             raise InputError(f"distill: the teacher model fails on the example input: {e}") from e
-    if t.shape != s.shape:
-        raise InputError(f"distill: the teacher's output has shape {tuple(t.shape)}, the model's "
-                         f"{tuple(s.shape)}: distillation needs the same outputs")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(example_input), classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"distill: the teacher's output has shape {shape}, the model's "
+                         f"{(len(example_input), classes)}: distillation needs the same outputs")
 
 
 def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explored, *, gate_epochs, beta, lr,

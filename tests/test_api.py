@@ -111,3 +111,5 @@ def test_distill_from_a_given_teacher(digits_net, random_loader):
     with pytest.raises(InputError, match="teacher's output has shape"):
         ibprune.compress(digits_net, loader, macs=0.5, distill=torch.nn.Sequential(digits_net, torch.nn.Linear(10, 3)),
                          **FAST)
+    with pytest.raises(InputError, match="teacher model fails on the example input"):
+        ibprune.compress(digits_net, loader, macs=0.5, distill=torch.nn.Linear(3, 10), **FAST)
