@@ -18,7 +18,7 @@ finer widths, a row suffixed ``_r4``). Ablations: ``ib_per_cost`` ranks IB infor
 the cost twice: the gate phase already weighs each channel's KL by it), ``l1_per_cost`` ranks L1 that way too;
 ``--distill`` fine-tunes every pruned method against the original (``_kd``), ``--distill-dense`` against the
 dense model fine-tuned as long on the same seed (``_kdd``; a diagnostic, not an equal budget: the teacher's
-epochs come on top, and it is trained once per model, epochs and seed and kept under ``work/teachers/``);
+epochs come on top; every dense cell keeps its weights under ``work/teachers/``, and a missing one is run first);
 ``--beta`` and ``--gate-epochs`` change IB's gate phase (``_b``, ``_g``).
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
@@ -121,24 +121,25 @@ def pretrained(model: str) -> torch.nn.Module:
     return load_weights(net, SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]).eval()
 
 
-def dense_teacher(args, seed: int, device: torch.device) -> torch.nn.Module:
-    """The dense model fine-tuned for ``args.epochs`` on ``seed`` exactly as the dense cell trains it (its own
-    loaders and random state; the caller's are left as they were): trained the first time a cell asks, then
-    loaded from ``work/teachers/``."""
-    path = WORK / "teachers" / f"{args.model}-e{args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
-    outer = torch.get_rng_state()
-    torch.manual_seed(seed)
-    if path.exists():
-        net = pretrained(args.model)
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        train, _, _ = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
-                                      seed=seed)
-        net = pretrained(args.model)
-        fit(net.to(device), train, steps_for(args.epochs, train), device, SGDConfig(lr=args.lr), desc="teacher")
-        with atomic_path(path) as tmp:
-            torch.save(net.state_dict(), tmp)
-    torch.set_rng_state(outer)
+def teacher_path(args, seed: int) -> Path:
+    """Where the dense cell of these settings keeps its fine-tuned weights, for ``--distill-dense``."""
+    return WORK / "teachers" / f"{args.model}-e{args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
+
+
+def dense_teacher(args, seed: int) -> torch.nn.Module:
+    """The dense cell's fine-tuned model for ``seed``: its kept weights, or the dense cell run now (its record
+    written too, unless one exists), leaving the caller's random state as it was."""
+    path = teacher_path(args, seed)
+    if not path.exists():
+        outer = torch.get_rng_state()
+        cell = cell_path(args.model, "dense", None, seed, args.epochs)
+        record = run_cell(args, "dense", None, seed, WORK / cell.stem)
+        if not cell.exists():
+            write_json(cell, record)
+        shutil.rmtree(WORK / cell.stem, ignore_errors=True)
+        torch.set_rng_state(outer)
+    net = pretrained(args.model)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
 
 
@@ -157,6 +158,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         fit(net, train, steps_for(args.epochs, train), device, SGDConfig(lr=args.lr), desc="dense",
             checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
         resumed = ckpt.resumed[-1] if ckpt.resumed else None
+        with atomic_path(teacher_path(args, seed)) as tmp:  # the teacher of --distill-dense
+            torch.save(net.state_dict(), tmp)
         with tempfile.TemporaryDirectory() as tmp:
             path = export.export_onnx(net, example, Path(tmp) / "dense.onnx")
             entry = bench.profile(net, path, example, batch_sizes=(1, 64), runs=args.latency_runs)
@@ -166,7 +169,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         timings = {"finetune": time.perf_counter() - t0}
     else:
         is_ib = method.startswith("ib")
-        teacher = dense_teacher(args, seed, device) if args.distill_dense else args.distill
+        teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if is_ib else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
                                   criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
@@ -183,7 +186,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
-        "distill": "dense" if args.distill_dense else args.distill, "round_to": args.round_to,
+        "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
+        "round_to": args.round_to,
         "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
         "achieved": achieved, "kept_channels": kept, "macs": entry["macs"], "params": entry["params"],
         "latency_ms": entry["latency_ms"], "timings_s": timings,
