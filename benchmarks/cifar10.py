@@ -100,7 +100,7 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 def label(method: str, args) -> str:
     """The method's name in results: a run with non-default settings is its own row (``_g``: IB gate epochs,
     ``_b``: IB explore beta, ``_kd`` / ``_kdd``: distillation from the original / from the fine-tuned dense model,
-    ``_r``: widths rounded to another multiple)."""
+    ``_r``: widths rounded to another multiple, ``_lr``: another learning rate)."""
     name = method
     if method.startswith("ib"):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
@@ -108,11 +108,13 @@ def label(method: str, args) -> str:
     if method != "dense":
         name += "_kdd" if args.distill_dense else "_kd" if args.distill else ""
         name += f"_r{args.round_to}" if args.round_to != 8 else ""
+        name += f"_a{args.adapt:g}" if args.adapt else ""
+    name += f"_lr{args.lr:g}" if args.lr != 0.02 else ""
     return name
 
 
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
-    tag = "dense" if method == "dense" else f"{method}-macs{budget:.2f}"
+    tag = method if budget is None else f"{method}-macs{budget:.2f}"
     return CELLS / f"{model}-e{epochs:g}-{tag}-s{seed}.json"
 
 
@@ -173,7 +175,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         gate_epochs = args.gate_epochs if is_ib else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
                                   criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
-                                  gate_epochs=gate_epochs, finetune_epochs=args.epochs - gate_epochs, lr=args.lr,
+                                  adapt_epochs=args.adapt, gate_epochs=gate_epochs,
+                                  finetune_epochs=args.epochs - args.adapt - gate_epochs, lr=args.lr,
                                   gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
                                   latency_runs=args.latency_runs, round_to=args.round_to, distill=teacher,
                                   out_dir=work, resume=True)
@@ -186,6 +189,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
+        "adapt_epochs": 0.0 if method == "dense" else args.adapt,
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
         "round_to": args.round_to,
         "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
@@ -493,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--distill", action="store_true", help="fine-tune (every pruned method) against the original")
     r.add_argument("--distill-dense", action="store_true",
                    help="fine-tune against the dense model fine-tuned as long (diagnostic: the teacher costs epochs)")
+    r.add_argument("--adapt", type=float, default=0.0,
+                   help="epochs of the budget spent first fine-tuning the dense model, which is then pruned (and, "
+                        "with --distill, the teacher)")
     r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
     r.add_argument("--device", default="auto")
     r.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per in-run latency")

@@ -49,10 +49,13 @@ def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> Non
                                  "--bench-batch, measured on this machine, e.g. 0.6")
     c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
     c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
+    c.add_argument("--adapt-epochs", type=float, default=0.0,
+                   help="first fine-tune the dense model this long (a model trained on other data than yours)")
     c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
     c.add_argument("--gate-lr", type=float, default=0.02, help="Adam learning rate of the gates")
     c.add_argument("--beta", type=float, help="fixed IB weight (default: set automatically from the budget)")
-    c.add_argument("--distill", action="store_true", help="fine-tune with distillation from the original")
+    c.add_argument("--distill", action="store_true",
+                   help="fine-tune with distillation from the original (adapted, with --adapt-epochs)")
     c.add_argument("--round-to", type=int, default=8,
                    help="keep channel counts a multiple of this (default 8: fast kernels); 1 for exact widths")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda")

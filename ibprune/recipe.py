@@ -32,6 +32,7 @@ class Job:
     latency: float | None = None                 # fraction of the original's onnxruntime latency
     gate_epochs: float = 1.0
     finetune_epochs: float = 5.0
+    adapt_epochs: float = 0.0                    # fine-tune the dense model first (trained on other data)
     lr: float = 0.01
     gate_lr: float = 0.02
     beta: float | None = None
@@ -50,7 +51,8 @@ SECTIONS = {
     "model": ("model", "weights", "num_classes", "trust_checkpoint"),
     "data": ("data", "input_size", "batch_size", "workers"),
     "budget": ("macs", "params", "latency"),
-    "train": ("gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to", "device", "seed"),
+    "train": ("adapt_epochs", "gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to",
+              "device", "seed"),
     "output": ("out", "bench_batch", "latency_runs", "robustness_eps"),
 }
 _ALIASES = {("model", "spec"): "model", ("data", "source"): "data", ("output", "dir"): "out"}
@@ -149,12 +151,13 @@ def run_job(job: Job, verbose: bool = True):
 
         return compress_sweep(model, train, val, budgets=job.macs or job.params,
                               metric="macs" if job.macs else "params", gate_epochs=job.gate_epochs,
-                              finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
-                              beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device,
+                              finetune_epochs=job.finetune_epochs, adapt_epochs=job.adapt_epochs, out_dir=job.out,
+                              lr=job.lr, gate_lr=job.gate_lr, beta=job.beta, distill=job.distill,
+                              round_to=job.round_to, device=job.device,
                               seed=job.seed, bench_batch=job.bench_batch, latency_runs=job.latency_runs,
                               resume=job.resume, robustness_eps=job.robustness_eps, verbose=verbose)
     return compress(model, train, val, macs=job.macs, params=job.params, latency=job.latency,
-                    gate_epochs=job.gate_epochs,
+                    gate_epochs=job.gate_epochs, adapt_epochs=job.adapt_epochs,
                     finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
                     beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
                     bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume,

@@ -32,6 +32,10 @@ def _rows(rep: dict) -> list[tuple[str, str, str, str]]:
          "" if o["accuracy"] is None or c["accuracy"] is None
          else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pt"),
     ]
+    adapted = rep.get("accuracy", {}).get("adapted")
+    if adapted is not None and c["accuracy"] is not None:  # compress(adapt_epochs=...): the model pruned
+        rows.append(("accuracy, original adapted", pct(adapted), pct(c["accuracy"]),
+                     f"{100 * (c['accuracy'] - adapted):+.2f} pt"))
     for key, lat in o["latency_ms"].items():
         if key.startswith("batch_"):
             cl = c["latency_ms"][key]

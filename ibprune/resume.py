@@ -1,7 +1,8 @@
 """Stage checkpoints, so that an interrupted ``compress()`` continues where it stopped.
 
 A run with an output folder keeps ``<out>/checkpoints/``: ``settings.json`` (what the run was asked to do),
-``latency.pt`` (with a latency budget: the MACs target the timing found), ``gates.pt`` (after the gate phase),
+``adapt.pt`` (with ``adapt_epochs``: the dense model's fine-tune), ``latency.pt`` (with a latency budget: the MACs
+target the timing found), ``gates.pt`` (after the gate phase),
 ``pruned.pt`` (after pruning) and ``finetune.pt`` (written every epoch of fine-tuning, with optimizer,
 scheduler, data-order and random-number state). Each file is written atomically and
 loads with ``weights_only=True``. ``resume=True`` skips every finished stage and continues fine-tuning at the
@@ -20,7 +21,7 @@ import torch
 from ibprune.errors import InputError
 from ibprune.files import atomic_path, write_json
 
-STAGES = ("latency", "gates", "pruned", "finetune")
+STAGES = ("adapt", "latency", "gates", "pruned", "finetune")
 
 
 def rng_state(loader=None) -> dict:

@@ -30,7 +30,7 @@ from ibprune.objective import train_gates
 from ibprune.prune import preflight
 from ibprune.resume import Checkpoints
 from ibprune.rewrite import rewrite
-from ibprune.train import pick_device, steps_for
+from ibprune.train import SGDConfig, fit, pick_device, steps_for
 
 
 @dataclass
@@ -52,6 +52,7 @@ def compress_sweep(
     example_input: torch.Tensor | None = None,
     gate_epochs: float = 1.0,
     finetune_epochs: float = 5.0,
+    adapt_epochs: float = 0.0,
     resume: bool = False,
     lr: float = 0.01,
     gate_lr: float = 0.02,
@@ -67,6 +68,8 @@ def compress_sweep(
     the gate phase is run once and shared. Writes ``<out>/<metric><budget>/`` (the usual outputs per budget)
     and ``sweep.json``, ``sweep.md``, ``sweep.png`` (accuracy against size and against ONNX latency).
     ``resume=True`` keeps finished budgets and the saved explore phase. Other keywords go to ``compress``.
+    ``adapt_epochs`` fine-tunes the dense model once, first; every budget starts from the adapted model (and,
+    with ``distill=True``, learns from it), so the reports' ``original`` is the adapted model.
     """
     budgets = sweep_budgets(metric, budgets)
     out = Path(out_dir)
@@ -75,7 +78,8 @@ def compress_sweep(
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
-    settings = {"metric": metric, "gate_epochs": gate_epochs, "lr": lr, "gate_lr": gate_lr, "beta": beta,
+    settings = {"metric": metric, "adapt_epochs": adapt_epochs, "gate_epochs": gate_epochs, "lr": lr,
+                "gate_lr": gate_lr, "beta": beta,
                 "seed": seed, "train_batches": len(train_loader),
                 "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
     ckpt = Checkpoints(out / "checkpoints", settings, resume)
@@ -84,6 +88,12 @@ def compress_sweep(
         return out / f"{metric}{b:.2f}"
 
     pending = [b for b in budgets if not (resume and (folder(b) / "report.json").is_file())]
+    if pending and adapt_epochs:
+        model = copy.deepcopy(model).to(dev)
+        fit(model, train_loader, steps_for(adapt_epochs, train_loader), dev,
+            SGDConfig(lr=lr, weight_decay=compress_kwargs.get("weight_decay", 5e-4)), desc="adapt",
+            verbose=verbose, checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
+        model.eval()
     explored = ckpt.load("gates") if pending else None
     if pending and explored is None:
         t0 = time.perf_counter()

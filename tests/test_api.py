@@ -113,3 +113,28 @@ def test_distill_from_a_given_teacher(digits_net, random_loader):
                          **FAST)
     with pytest.raises(InputError, match="teacher model fails on the example input"):
         ibprune.compress(digits_net, loader, macs=0.5, distill=torch.nn.Linear(3, 10), **FAST)
+
+
+def test_adapt_first_then_distill_from_the_adapted_model(digits_net, random_loader, monkeypatch):
+    import ibprune.api as api
+
+    calls, real_fit = [], api.fit
+
+    def spy(model, *args, **kwargs):
+        out = real_fit(model, *args, **kwargs)
+        calls.append((kwargs["desc"], {k: v.clone() for k, v in model.state_dict().items()}, kwargs.get("teacher")))
+        return out
+
+    monkeypatch.setattr(api, "fit", spy)
+    loader = random_loader()
+    rep = ibprune.compress(digits_net, loader, loader, macs=0.5, round_to=1, adapt_epochs=1.0, distill=True,
+                           **FAST).report
+    (desc, adapted, _), (last, _, teacher) = calls[0], calls[-1]
+    assert (desc, last) == ("adapt", "finetune")
+    # the teacher is the adapted model, not the original
+    assert all(torch.equal(teacher.state_dict()[k].cpu(), v) for k, v in adapted.items())
+    assert any(not torch.equal(digits_net.state_dict()[k], v) for k, v in adapted.items())
+    assert list(rep["accuracy"])[:3] == ["original", "adapted", "gated"]
+    assert rep["finetune"]["distill"] == "adapted" and "adapt" in rep["timings_s"]
+    with pytest.raises(InputError, match="adapt_epochs must be"):
+        ibprune.compress(digits_net, loader, macs=0.5, adapt_epochs=-1, **FAST)

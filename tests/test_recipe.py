@@ -19,6 +19,7 @@ source = "digits"
 macs = 0.5
 [train]
 gate_epochs = 2
+adapt_epochs = 0.5
 [output]
 dir = "out"
 """
@@ -27,7 +28,7 @@ dir = "out"
 def test_a_recipe_becomes_a_job(tmp_path):
     job = load_recipe(_write(tmp_path, GOOD))
     assert job == Job(model="ibprune.models:DigitsNet", data="digits", out="out", num_classes=10, macs=0.5,
-                      gate_epochs=2.0)
+                      gate_epochs=2.0, adapt_epochs=0.5)
 
 
 def test_the_shipped_recipe_loads():

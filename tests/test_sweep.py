@@ -35,3 +35,17 @@ def test_sweep_budgets_are_checked(digits_net, tmp_path):
         ibprune.compress_sweep(digits_net, train, budgets=[0.5, 1.5], out_dir=tmp_path)
     with pytest.raises(BudgetError, match="at least one budget"):
         ibprune.compress_sweep(digits_net, train, budgets=[], out_dir=tmp_path)
+
+
+def test_a_sweep_adapts_the_dense_model_once(digits_net, tmp_path, monkeypatch):
+    import ibprune.sweep as sweep_module
+
+    descs, real_fit = [], sweep_module.fit
+    monkeypatch.setattr(sweep_module, "fit", lambda *a, **k: descs.append(k["desc"]) or real_fit(*a, **k))
+    train, val = digits_loaders(64, 0)
+    sweep = ibprune.compress_sweep(digits_net, train, val, budgets=[0.5, 0.7], out_dir=tmp_path, gate_epochs=1,
+                                   finetune_epochs=0.25, adapt_epochs=0.25, distill=True, latency_runs=3,
+                                   bench_batch=4, verbose=False)
+    assert descs == ["adapt"]
+    assert all(r.report["achieved"]["macs"] <= b for b, r in sweep.results.items())
+    assert not (tmp_path / "checkpoints").exists()
