@@ -19,7 +19,10 @@ the cost twice: the gate phase already weighs each channel's KL by it), ``l1_per
 ``--distill`` fine-tunes every pruned method against the original (``_kd``), ``--distill-dense`` against the
 dense model fine-tuned as long on the same seed (``_kdd``; a diagnostic, not an equal budget: the teacher's
 epochs come on top; every dense cell keeps its weights under ``work/teachers/``, and a missing one is run first);
-``--beta`` and ``--gate-epochs`` change IB's gate phase (``_b``, ``_g``).
+``--beta`` and ``--gate-epochs`` change IB's gate phase (``_b``, ``_g``), ``--lr`` every method's learning rate
+(``_lr``). ``--adapt E --distill`` (``_kd_..._aE``) is the equal-budget answer to ``--distill-dense``: the
+first ``E`` epochs of the budget fine-tune the dense model (``compress(adapt_epochs=E)``), which is then pruned
+and distilled from; the remaining epochs go to the gate phase and the fine-tune as before.
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
@@ -33,6 +36,10 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
         --budgets 0.5 --seeds 0      # and ib --seeds 1; the same with --epochs 10 --methods dense ib
     python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 --budgets 0.5 --seeds 0 1 \
         --distill-dense              # the diagnostic: a teacher adapted to the JPEG data
+    python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 taylor --budgets 0.5 --seeds 0 1 \
+        --adapt 1 --distill          # adapt first, then prune and distil from the adapted model
+    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 10 --methods ib --budgets 0.5 --seeds 0 \
+        --adapt 1 --distill
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py aggregate
@@ -427,24 +434,28 @@ EARLIER = ("†: IB's earlier gate phase (explore at 0.3 of the gradient-balance
 
 
 def _comparison(table: list[dict]) -> list[str]:
-    """The headline: per model, epochs, width multiple and budget, each criterion's test accuracy side by side
-    (main settings only: no distillation, IB's default gate phase), the dense model, and IB's margin."""
+    """The headline: per model, epochs, protocol (width multiple; adapting first) and budget, each criterion's test
+    accuracy side by side (IB's default gate phase; distillation only after adapting), the dense model, and IB's
+    margin."""
     grid: dict[tuple, dict[str, dict]] = {}
     dense = {(r["model"], r["epochs"]): r for r in table if r["method"] == "dense"}
     for r in table:  # IB's row may have a shorter gate phase (1-epoch budgets); a plain one wins if both exist
-        m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_r4)?", r["method"])
-        if m and (m[1] == "ib" or not m[2]):
-            row = grid.setdefault((r["model"], r["epochs"], 4 if m[3] else 8, r["budget_macs"]), {})
+        m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_kd)?(_r4)?(_a[\d.]+)?", r["method"])
+        if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5]):  # distillation only after adapting
+            protocol = f"×{4 if m[4] else 8}" + (f", adapt {m[5][2:]} ep + distill" if m[5] else "")
+            row = grid.setdefault((r["model"], r["epochs"], protocol, r["budget_macs"]), {})
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
-           "kept a multiple of 4 or 8 for every method of the row. **Bold**: the best pruned model of the row. "
+           "kept a multiple of 4 or 8 for every method of the row; `adapt 1 ep + distill`: the budget's first epoch "
+           "fine-tunes the dense model, which is then pruned and distilled from (`compress(adapt_epochs=1, "
+           "distill=True)`). **Bold**: the best pruned model of the row. "
            "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
            f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
-           "| model | epochs | widths | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
+           "| model | epochs | widths, protocol | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
-    for (model, epochs, multiple, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
+    for (model, epochs, protocol, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                         kv[0][2], -kv[0][3])):
         best = max(row.values(), key=lambda r: r["test_accuracy_mean"])
         cells = []
@@ -461,7 +472,7 @@ def _comparison(table: list[dict]) -> list[str]:
         others = [r for m, r in row.items() if m != "ib"]
         margin = _margin(row["ib"], max(others, key=lambda r: r["test_accuracy_mean"])) if "ib" in row and others \
             else "—"
-        out.append(f"| {model} | {epochs:g} | ×{multiple} | {budget} | " + " | ".join(cells) + " | "
+        out.append(f"| {model} | {epochs:g} | {protocol} | {budget} | " + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
     return out
 
