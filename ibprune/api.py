@@ -153,7 +153,7 @@ def compress(
 
     t0 = time.perf_counter()
     before = _adapt(work, original, train_loader, val_loader, dev, ckpt, adapt_epochs, lr, weight_decay, verbose)
-    if distill is True:  # the model pruned: the original, or the original adapted
+    if distill and not given:  # the model pruned: the original, or the original adapted
         teacher = copy.deepcopy(work).eval()
     adapt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
