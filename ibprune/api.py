@@ -140,8 +140,7 @@ def compress(
         _check_teacher(teacher.to(dev), classes, example_input)
     if criterion != "ib":
         gate_epochs = 0.0
-    if not isinstance(adapt_epochs, (int, float)) or adapt_epochs < 0:
-        raise InputError(f"adapt_epochs must be a number of epochs >= 0, got {adapt_epochs!r}")
+    adapt_epochs = check_adapt_epochs(adapt_epochs)
     settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
                 "adapt_epochs": adapt_epochs,
                 "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill_name,
@@ -152,7 +151,7 @@ def compress(
     ckpt = Checkpoints(Path(out_dir) / "checkpoints" if out_dir is not None else None, settings, resume)
 
     t0 = time.perf_counter()
-    before = _adapt(work, original, train_loader, val_loader, dev, ckpt, adapt_epochs, lr, weight_decay, verbose)
+    adapt_dense(work, train_loader, dev, ckpt, adapt_epochs, lr, weight_decay, verbose)
     if distill and not given:  # the model pruned: the original, or the original adapted
         teacher = copy.deepcopy(work).eval()
     adapt_s = time.perf_counter() - t0
@@ -187,7 +186,10 @@ def compress(
 
     if stage is None:
         stage = ckpt.load("gates")
-        original_accuracy = accuracy(work) if stage is None else None
+        first = None  # the model as given, and (adapt_epochs) as adapted: before any gate is attached
+        if stage is None:
+            first = {"original": accuracy(copy.deepcopy(original)), "adapted": accuracy(work)} if adapt_epochs \
+                else {"original": accuracy(work)}
         importance = None  # a criterion's scores, taken before any gate is attached
         if stage is None and criterion != "ib":
             importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
@@ -198,9 +200,8 @@ def compress(
                                 gate_epochs=gate_epochs, beta=beta, lr=lr, gate_lr=gate_lr,
                                 weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
                                 verbose=verbose)
-            stage["accuracy"] = {**before, "adapted" if before else "original": original_accuracy,
-                                 "gated": accuracy(work)}
-            stage["timings"] = {**({"adapt": adapt_s} if before else {}), "gates": time.perf_counter() - t0}
+            stage["accuracy"] = {**first, "gated": accuracy(work)}
+            stage["timings"] = {**({"adapt": adapt_s} if adapt_epochs else {}), "gates": time.perf_counter() - t0}
             stage["rng"] = rng_state(train_loader)
             ckpt.save("gates", stage)
         else:
@@ -328,17 +329,21 @@ def _check_teacher(teacher: nn.Module, classes: int, example_input: torch.Tensor
                          f"{(len(example_input), classes)}: distillation needs the same outputs")
 
 
-def _adapt(work: nn.Module, original: nn.Module, loader, val_loader, dev, ckpt: Checkpoints, epochs: float,
-           lr: float, weight_decay: float, verbose: bool) -> dict:
-    """Fine-tune the dense ``work`` model for ``epochs`` (checkpointed: a resumed run restores it); ``{}`` at 0,
-    else ``{"original": the original's accuracy}`` (on ``val_loader``; ``None`` without one)."""
-    if not epochs:
-        return {}
-    before = evaluate(copy.deepcopy(original), val_loader, dev) if val_loader is not None else None
-    fit(work, loader, steps_for(epochs, loader), dev, SGDConfig(lr=lr, weight_decay=weight_decay), desc="adapt",
-        verbose=verbose, checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
-    work.eval()
-    return {"original": before}
+def check_adapt_epochs(epochs) -> float:
+    """``adapt_epochs`` as a float, or an ``InputError`` naming the bad value."""
+    if not isinstance(epochs, (int, float)) or epochs < 0:
+        raise InputError(f"adapt_epochs must be a number of epochs >= 0, got {epochs!r}")
+    return float(epochs)
+
+
+def adapt_dense(model: nn.Module, loader, device: torch.device, ckpt: Checkpoints, epochs: float, lr: float,
+                weight_decay: float, verbose: bool) -> None:
+    """Fine-tune the dense ``model`` in place for ``epochs`` (nothing at 0): the ``adapt`` stage, checkpointed
+    every epoch into ``ckpt``, which a resumed run restores instead of training again."""
+    if epochs:
+        fit(model, loader, steps_for(epochs, loader), device, SGDConfig(lr=lr, weight_decay=weight_decay),
+            desc="adapt", verbose=verbose, checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
+        model.eval()
 
 
 def _gate_stage(work, gates, cost_model, loader, dev, target, importance, explored, *, gate_epochs, beta, lr,

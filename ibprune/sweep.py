@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibprune.api import CompressResult, budget_of, compress
+from ibprune.api import CompressResult, adapt_dense, budget_of, check_adapt_epochs, compress
 from ibprune.checks import check_inputs, first_batch
 from ibprune.costs import CostModel
 from ibprune.errors import BudgetError
@@ -30,7 +30,7 @@ from ibprune.objective import train_gates
 from ibprune.prune import preflight
 from ibprune.resume import Checkpoints
 from ibprune.rewrite import rewrite
-from ibprune.train import SGDConfig, fit, pick_device, steps_for
+from ibprune.train import pick_device, steps_for
 
 
 @dataclass
@@ -72,6 +72,7 @@ def compress_sweep(
     with ``distill=True``, learns from it), so the reports' ``original`` is the adapted model.
     """
     budgets = sweep_budgets(metric, budgets)
+    adapt_epochs = check_adapt_epochs(adapt_epochs)
     out = Path(out_dir)
     torch.manual_seed(seed)
     dev = pick_device(device)
@@ -90,10 +91,8 @@ def compress_sweep(
     pending = [b for b in budgets if not (resume and (folder(b) / "report.json").is_file())]
     if pending and adapt_epochs:
         model = copy.deepcopy(model).to(dev)
-        fit(model, train_loader, steps_for(adapt_epochs, train_loader), dev,
-            SGDConfig(lr=lr, weight_decay=compress_kwargs.get("weight_decay", 5e-4)), desc="adapt",
-            verbose=verbose, checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
-        model.eval()
+        adapt_dense(model, train_loader, dev, ckpt, adapt_epochs, lr, compress_kwargs.get("weight_decay", 5e-4),
+                    verbose)
     explored = ckpt.load("gates") if pending else None
     if pending and explored is None:
         t0 = time.perf_counter()

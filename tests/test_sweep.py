@@ -4,7 +4,7 @@ import pytest
 
 import ibprune
 from ibprune.data import digits_loaders
-from ibprune.errors import BudgetError
+from ibprune.errors import BudgetError, InputError
 from ibprune.train import steps_for
 
 
@@ -38,14 +38,21 @@ def test_sweep_budgets_are_checked(digits_net, tmp_path):
 
 
 def test_a_sweep_adapts_the_dense_model_once(digits_net, tmp_path, monkeypatch):
-    import ibprune.sweep as sweep_module
+    import ibprune.api as api
 
-    descs, real_fit = [], sweep_module.fit
-    monkeypatch.setattr(sweep_module, "fit", lambda *a, **k: descs.append(k["desc"]) or real_fit(*a, **k))
+    descs, real_fit = [], api.fit  # every training run of the sweep and of its compress() calls
+    monkeypatch.setattr(api, "fit", lambda *a, **k: descs.append(k["desc"]) or real_fit(*a, **k))
     train, val = digits_loaders(64, 0)
     sweep = ibprune.compress_sweep(digits_net, train, val, budgets=[0.5, 0.7], out_dir=tmp_path, gate_epochs=1,
                                    finetune_epochs=0.25, adapt_epochs=0.25, distill=True, latency_runs=3,
                                    bench_batch=4, verbose=False)
-    assert descs == ["adapt"]
+    assert descs == ["adapt", "finetune", "finetune"]  # adapted once, then one fine-tune per budget
     assert all(r.report["achieved"]["macs"] <= b for b, r in sweep.results.items())
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sweep_adapt_epochs_are_checked(digits_net, tmp_path):
+    train, _ = digits_loaders(64, 0)
+    with pytest.raises(InputError, match="adapt_epochs must be"):
+        ibprune.compress_sweep(digits_net, train, budgets=[0.5], out_dir=tmp_path, adapt_epochs=-1)
     assert not (tmp_path / "checkpoints").exists()
