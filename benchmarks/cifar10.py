@@ -22,7 +22,9 @@ epochs come on top; every dense cell keeps its weights under ``work/teachers/``,
 ``--beta`` and ``--gate-epochs`` change IB's gate phase (``_b``, ``_g``), ``--lr`` every method's learning rate
 (``_lr``). ``--adapt E --distill`` (``_kd_..._aE``) is the equal-budget answer to ``--distill-dense``: the
 first ``E`` epochs of the budget fine-tune the dense model (``compress(adapt_epochs=E)``), which is then pruned
-and distilled from; the remaining epochs go to the gate phase and the fine-tune as before.
+and distilled from; the remaining epochs go to the gate phase and the fine-tune as before. ``--from-dense E``
+(``_fdE``) starts every pruned method from the dense cell of ``E`` epochs instead of the checkpoint: the case of a
+user whose model already fits their data (with ``--distill``, it is also the teacher; compare with that model).
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
@@ -40,6 +42,8 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
         --adapt 1 --distill          # adapt first, then prune and distil from the adapted model
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 10 --methods ib --budgets 0.5 --seeds 0 \
         --adapt 1 --distill
+    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 --budgets 0.5 --seeds 1 \
+        --from-dense 10 --distill      # needs the dense 10-epoch cell of seed 1 (its weights under work/teachers)
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py aggregate
@@ -116,6 +120,7 @@ def label(method: str, args) -> str:
         name += "_kdd" if args.distill_dense else "_kd" if args.distill else ""
         name += f"_r{args.round_to}" if args.round_to != 8 else ""
         name += f"_a{args.adapt:g}" if args.adapt else ""
+        name += f"_fd{args.from_dense:g}" if args.from_dense else ""
     name += f"_lr{args.lr:g}" if args.lr != 0.02 else ""
     return name
 
@@ -130,9 +135,22 @@ def pretrained(model: str) -> torch.nn.Module:
     return load_weights(net, SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]).eval()
 
 
-def teacher_path(args, seed: int) -> Path:
-    """Where the dense cell of these settings keeps its fine-tuned weights, for ``--distill-dense``."""
-    return WORK / "teachers" / f"{args.model}-e{args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
+def teacher_path(args, seed: int, epochs: float | None = None) -> Path:
+    """Where the dense cell of these settings (of ``epochs``, default the budget's) keeps its fine-tuned weights,
+    for ``--distill-dense`` and ``--from-dense``."""
+    return WORK / "teachers" / f"{args.model}-e{epochs or args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
+
+
+def adapted_start(args, seed: int) -> torch.nn.Module:
+    """``--from-dense E``: the dense cell of E epochs' fine-tuned weights (same seed and lr), a model that already
+    fits the JPEG data."""
+    path = teacher_path(args, seed, args.from_dense)
+    if not path.exists():
+        sys.exit(f"--from-dense {args.from_dense:g}: no weights at {path}; run the dense cell first: "
+                 f"cifar10.py run --model {args.model} --epochs {args.from_dense:g} --methods dense --seeds {seed}")
+    net = pretrained(args.model)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
 
 
 def dense_teacher(args, seed: int) -> torch.nn.Module:
@@ -158,7 +176,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     torch.manual_seed(seed)
     train, val, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
                                        seed=seed)
-    net = pretrained(args.model)
+    net = adapted_start(args, seed) if args.from_dense and method != "dense" else pretrained(args.model)
     example = torch.randn(1, 3, 32, 32)
     t0 = time.perf_counter()
     if method == "dense":
@@ -197,6 +215,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
+        "start": f"dense-e{args.from_dense:g}" if args.from_dense and method != "dense" else "pretrained",
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
         "round_to": args.round_to,
         "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
@@ -440,23 +459,28 @@ def _comparison(table: list[dict]) -> list[str]:
     grid: dict[tuple, dict[str, dict]] = {}
     dense = {(r["model"], r["epochs"]): r for r in table if r["method"] == "dense"}
     for r in table:  # IB's row may have a shorter gate phase (1-epoch budgets); a plain one wins if both exist
-        m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_kd)?(_r4)?(_a[\d.]+)?", r["method"])
-        if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5]):  # distillation only after adapting
+        m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_kd)?(_r4)?(_a[\d.]+)?(_fd[\d.]+)?", r["method"])
+        if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5] or m[6]):  # distil only from adapted
             protocol = f"×{4 if m[4] else 8}" + (f", adapt {m[5][2:]} ep + distill" if m[5] else "")
+            protocol += f", from dense {m[6][3:]} ep + distill" if m[6] else ""
             row = grid.setdefault((r["model"], r["epochs"], protocol, r["budget_macs"]), {})
+            row["start epochs"] = float(m[6][3:]) if m[6] else None
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
            "kept a multiple of 4 or 8 for every method of the row; `adapt 1 ep + distill`: the budget's first epoch "
            "fine-tunes the dense model, which is then pruned and distilled from (`compress(adapt_epochs=1, "
-           "distill=True)`). **Bold**: the best pruned model of the row. "
+           "distill=True)`); `from dense E ep + distill`: every method starts from the dense model fine-tuned E "
+           "epochs (a model that already fits the data; the dense column is then that model) and distils from it. "
+           "**Bold**: the best pruned model of the row. "
            "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
            f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
            "| model | epochs | widths, protocol | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
     for (model, epochs, protocol, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                         kv[0][2], -kv[0][3])):
+        start = row.pop("start epochs")
         best = max(row.values(), key=lambda r: r["test_accuracy_mean"])
         cells = []
         for m in BASE:
@@ -468,7 +492,7 @@ def _comparison(table: list[dict]) -> list[str]:
             text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
             text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
-        d = dense.get((model, epochs))
+        d = dense.get((model, start or epochs))
         others = [r for m, r in row.items() if m != "ib"]
         margin = _margin(row["ib"], max(others, key=lambda r: r["test_accuracy_mean"])) if "ib" in row and others \
             else "—"
@@ -511,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--adapt", type=float, default=0.0,
                    help="epochs of the budget spent first fine-tuning the dense model, which is then pruned (and, "
                         "with --distill, the teacher)")
+    r.add_argument("--from-dense", type=float, default=0.0,
+                   help="start every pruned method from the dense cell of this many epochs (same seed; its weights "
+                        "must exist), a model that already fits the data; with --distill, it is the teacher")
     r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
     r.add_argument("--device", default="auto")
     r.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per in-run latency")
