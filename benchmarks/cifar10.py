@@ -111,7 +111,8 @@ PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the pap
 def label(method: str, args) -> str:
     """The method's name in results: a run with non-default settings is its own row (``_g``: IB gate epochs,
     ``_b``: IB explore beta, ``_kd`` / ``_kdd``: distillation from the original / from the fine-tuned dense model,
-    ``_r``: widths rounded to another multiple, ``_lr``: another learning rate)."""
+    ``_r``: widths rounded to another multiple, ``_a``: adapt first, ``_fd``: start from the dense cell of E epochs,
+    ``_lr``: another learning rate)."""
     name = method
     if method.startswith("ib"):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
