@@ -142,6 +142,13 @@ def teacher_path(args, seed: int, epochs: float | None = None) -> Path:
     return WORK / "teachers" / f"{args.model}-e{epochs or args.epochs:g}-lr{args.lr:g}-s{seed}.pt"
 
 
+def dense_weights(model: str, path: Path) -> torch.nn.Module:
+    """The pretrained ``model`` with a dense cell's fine-tuned weights from ``path``."""
+    net = pretrained(model)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def adapted_start(args, seed: int) -> torch.nn.Module:
     """``--from-dense E``: the dense cell of E epochs' fine-tuned weights (same seed and lr), a model that already
     fits the JPEG data."""
@@ -149,9 +156,7 @@ def adapted_start(args, seed: int) -> torch.nn.Module:
     if not path.exists():
         sys.exit(f"--from-dense {args.from_dense:g}: no weights at {path}; run the dense cell first: "
                  f"cifar10.py run --model {args.model} --epochs {args.from_dense:g} --methods dense --seeds {seed}")
-    net = pretrained(args.model)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net.eval()
+    return dense_weights(args.model, path)
 
 
 def dense_teacher(args, seed: int) -> torch.nn.Module:
@@ -166,9 +171,7 @@ def dense_teacher(args, seed: int) -> torch.nn.Module:
             write_json(cell, record)
         shutil.rmtree(WORK / cell.stem, ignore_errors=True)
         torch.set_rng_state(outer)
-    net = pretrained(args.model)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net.eval()
+    return dense_weights(args.model, path)
 
 
 def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> dict:
@@ -177,7 +180,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     torch.manual_seed(seed)
     train, val, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
                                        seed=seed)
-    net = adapted_start(args, seed) if args.from_dense and method != "dense" else pretrained(args.model)
+    start = 0.0 if method == "dense" else args.from_dense  # epochs of the dense cell a pruned method starts from
+    net = adapted_start(args, seed) if start else pretrained(args.model)
     example = torch.randn(1, 3, 32, 32)
     t0 = time.perf_counter()
     if method == "dense":
@@ -216,7 +220,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
-        "start": f"dense-e{args.from_dense:g}" if args.from_dense and method != "dense" else "pretrained",
+        "start": f"dense-e{start:g}" if start else "pretrained",
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
         "round_to": args.round_to,
         "gate_run": gate_run, "test_accuracy": evaluate(net, test, device), "val_accuracy_by_stage": stages,
@@ -464,8 +468,8 @@ def _comparison(table: list[dict]) -> list[str]:
         if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5] or m[6]):  # distil only from adapted
             protocol = f"×{4 if m[4] else 8}" + (f", adapt {m[5][2:]} ep + distill" if m[5] else "")
             protocol += f", from dense {m[6][3:]} ep + distill" if m[6] else ""
-            row = grid.setdefault((r["model"], r["epochs"], protocol, r["budget_macs"]), {})
-            row["start epochs"] = float(m[6][3:]) if m[6] else None
+            start = float(m[6][3:]) if m[6] else None  # the dense row a `from dense` row compares with
+            row = grid.setdefault((r["model"], r["epochs"], protocol, r["budget_macs"], start), {})
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
     out = ["## Criteria side by side", "",
@@ -479,9 +483,8 @@ def _comparison(table: list[dict]) -> list[str]:
            f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
            "| model | epochs | widths, protocol | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
-    for (model, epochs, protocol, budget), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                        kv[0][2], -kv[0][3])):
-        start = row.pop("start epochs")
+    for (model, epochs, protocol, budget, start), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                               kv[0][2], -kv[0][3])):
         best = max(row.values(), key=lambda r: r["test_accuracy_mean"])
         cells = []
         for m in BASE:
