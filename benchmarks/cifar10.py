@@ -24,7 +24,8 @@ epochs come on top; every dense cell keeps its weights under ``work/teachers/``,
 first ``E`` epochs of the budget fine-tune the dense model (``compress(adapt_epochs=E)``), which is then pruned
 and distilled from; the remaining epochs go to the gate phase and the fine-tune as before. ``--from-dense E``
 (``_fdE``) starts every pruned method from the dense cell of ``E`` epochs instead of the checkpoint: the case of a
-user whose model already fits their data (with ``--distill``, it is also the teacher; compare with that model).
+user whose model already fits their data (with ``--distill``, it is also the teacher). Its fair baseline is the
+dense cell of ``E`` + ``--epochs`` epochs: as many epochs in all.
 
 5,000 training images are held out as a validation split (stage accuracies in the cells are on it); the final
 accuracy is on the 10,000 test images.
@@ -44,6 +45,10 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
         --adapt 1 --distill
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 --budgets 0.5 --seeds 1 \
         --from-dense 10 --distill      # needs the dense 10-epoch cell of seed 1 (its weights under work/teachers)
+    python benchmarks/cifar10.py run --model resnet56 --epochs 10 --methods dense --seeds 0 1 2 &&
+    python benchmarks/cifar10.py run --model resnet56 --epochs 20 --methods dense --seeds 0 1 2 &&
+    python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 10 --from-dense 10 --distill \
+        --methods ib l1 taylor --seeds 0 1 2   # the 10 + 10 epoch grid (an H200: 12 cells at once, ~6 min)
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py aggregate
@@ -388,6 +393,8 @@ def cmd_aggregate(args) -> None:
             "latency_b64_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_64"]["p50"] for c in cs]),
             "latency_quiet": all(c["cell"] in quiet for c in cs),
             "gate_epochs": cs[0]["gate_epochs"], "wall_s": _mean([c["wall_s"] for c in cs]),
+            # epochs of the dense cell the run started from (``--from-dense``); they count in its total budget
+            "start_epochs": _start_epochs(cs[0]),
         })
     env = cells[0]["environment"]
     write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
@@ -430,26 +437,7 @@ def cmd_aggregate(args) -> None:
            "ib l1 taylor --seeds 0 1`), then `python benchmarks/cifar10.py latency` on a quiet machine and "
            "`python benchmarks/cifar10.py aggregate`. The script's docstring lists every command.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
-    panels = sorted({(r["model"], r["epochs"]) for r in table})  # one panel per model and epoch budget
-    methods = sorted({r["method"] for r in table}, key=lambda m: (m not in METHODS, m))
-    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.2, 4.5), squeeze=False)
-    for ax, (model, epochs) in zip(axes[0], panels):
-        for method in methods:
-            pts = [r for r in table if r["method"] == method and (r["model"], r["epochs"]) == (model, epochs)]
-            if pts:
-                ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],
-                            yerr=[r["test_accuracy_std"] for r in pts], fmt="o" if method != "dense" else "*",
-                            ms=9 if method == "dense" else 6, capsize=3, color=colours[method], label=method)
-        ax.set_title(f"{model}, {epochs:g} epochs")
-        ax.set_xlabel("MACs kept (fraction of the original)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%) on CIFAR-10 JPEG")
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
-    fig.suptitle("Accuracy against MACs, equal epoch budget per panel")
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.2 * len(panels) + 2.2), 1))
-    write_figure(RESULTS / "cifar10.png", fig)
+    _plot(plt, table)
     print("\n".join(md))
 
 
@@ -457,10 +445,10 @@ EARLIER = ("†: IB's earlier gate phase (explore at 0.3 of the gradient-balance
            "not yet re-run with the current one.")
 
 
-def _comparison(table: list[dict]) -> list[str]:
-    """The headline: per model, epochs, protocol (width multiple; adapting first) and budget, each criterion's test
-    accuracy side by side (IB's default gate phase; distillation only after adapting), the dense model, and IB's
-    margin."""
+def _headline(table: list[dict]) -> tuple[dict[tuple, dict[str, dict]], dict[tuple, dict]]:
+    """The rows compared side by side, keyed by (model, total epochs, protocol, budget, start epochs): each
+    criterion's row (IB's default gate phase; distillation only after adapting); and the dense rows by (model,
+    epochs)."""
     grid: dict[tuple, dict[str, dict]] = {}
     dense = {(r["model"], r["epochs"]): r for r in table if r["method"] == "dense"}
     for r in table:  # IB's row may have a shorter gate phase (1-epoch budgets); a plain one wins if both exist
@@ -468,23 +456,70 @@ def _comparison(table: list[dict]) -> list[str]:
         if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5] or m[6]):  # distil only from adapted
             protocol = f"×{4 if m[4] else 8}" + (f", adapt {m[5][2:]} ep + distill" if m[5] else "")
             protocol += f", from dense {m[6][3:]} ep + distill" if m[6] else ""
-            start = float(m[6][3:]) if m[6] else None  # the dense row a `from dense` row compares with
-            row = grid.setdefault((r["model"], r["epochs"], protocol, r["budget_macs"], start), {})
+            start = r["start_epochs"]
+            row = grid.setdefault((r["model"], start + r["epochs"], protocol, r["budget_macs"], start), {})
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
+    return grid, dense
+
+
+def _epochs_text(total: float, start: float) -> str:
+    """A headline row's epochs: ``E + n`` for a run started from the dense model of E epochs."""
+    return f"{start:g} + {total - start:g}" if start else f"{total:g}"
+
+
+def _plot(plt, table: list[dict]) -> None:
+    """``cifar10.png``: accuracy against MACs kept, one panel per model, total epochs and protocol of the
+    headline table: every criterion, and the dense model fine-tuned as many epochs."""
+    grid, dense = _headline(table)
+    panels: dict[tuple, dict[str, list[dict]]] = {}
+    for (model, total, protocol, _, start), row in sorted(grid.items()):
+        panel = panels.setdefault((model, total, protocol, start), {})
+        for method, r in row.items():
+            panel.setdefault(method, []).append(r)
+    cols, rows = 4, -(-len(panels) // 4)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.6, 3.6 * rows), squeeze=False)
+    colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate((*BASE, "dense"))}
+    for ax, ((model, total, protocol, start), panel) in zip(axes.flat, panels.items()):
+        if (model, total) in dense:
+            panel = {**panel, "dense": [dense[model, total]]}
+        for method, pts in panel.items():
+            ax.errorbar([r["macs_fraction"] for r in pts], [r["test_accuracy_mean"] for r in pts],
+                        yerr=[r["test_accuracy_std"] for r in pts], fmt="*" if method == "dense" else "o",
+                        ms=10 if method == "dense" else 6, capsize=3, color=colours[method], label=method)
+        ax.set_title(f"{model}, {_epochs_text(total, start)} ep, {protocol}", fontsize=9)
+        ax.set_xlim(0.3, 1.05)
+        ax.set_xlabel("MACs kept (fraction of the original)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%), JPEG", fontsize=8)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=9)
+    fig.suptitle("Accuracy against MACs kept: the criteria side by side (same data, seeds and epochs per panel)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / (4.2 * cols + 1.6), 1))
+    write_figure(RESULTS / "cifar10.png", fig)
+
+
+def _comparison(table: list[dict]) -> list[str]:
+    """The headline table: per model, total epochs, protocol and budget, each criterion's test accuracy side by
+    side, the dense model fine-tuned as many epochs, and IB's margin."""
+    grid, dense = _headline(table)
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
            "kept a multiple of 4 or 8 for every method of the row; `adapt 1 ep + distill`: the budget's first epoch "
            "fine-tunes the dense model, which is then pruned and distilled from (`compress(adapt_epochs=1, "
            "distill=True)`); `from dense E ep + distill`: every method starts from the dense model fine-tuned E "
-           "epochs (a model that already fits the data; the dense column is then that model) and distils from it. "
+           "epochs (a model that already fits the data) and distils from it; its epochs count `E + ` the methods' "
+           "own, and the dense column is the dense model fine-tuned as many epochs in all. "
            "**Bold**: the best pruned model of the row. "
            "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
            f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
            "| model | epochs | widths, protocol | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
-    for (model, epochs, protocol, budget, start), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                               kv[0][2], -kv[0][3])):
+    for (model, total, protocol, budget, start), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                              kv[0][2], -kv[0][3])):
         best = max(row.values(), key=lambda r: r["test_accuracy_mean"])
         cells = []
         for m in BASE:
@@ -496,11 +531,11 @@ def _comparison(table: list[dict]) -> list[str]:
             text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
             text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
-        d = dense.get((model, start or epochs))
+        d = dense.get((model, total))  # fine-tuned as many epochs in all
         others = [r for m, r in row.items() if m != "ib"]
         margin = _margin(row["ib"], max(others, key=lambda r: r["test_accuracy_mean"])) if "ib" in row and others \
             else "—"
-        out.append(f"| {model} | {epochs:g} | {protocol} | {budget} | " + " | ".join(cells) + " | "
+        out.append(f"| {model} | {_epochs_text(total, start)} | {protocol} | {budget} | " + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
     return out
 
@@ -512,6 +547,12 @@ def _margin(ib: dict, best: dict) -> str:
         return text
     se = (ib["test_accuracy_std"] ** 2 / ib["seeds"] + best["test_accuracy_std"] ** 2 / best["seeds"]) ** 0.5
     return f"{text} ± {se:.2f}"
+
+
+def _start_epochs(cell: dict) -> float:
+    """Epochs of the dense cell a cell started from (``--from-dense``; 0 from the checkpoint)."""
+    start = cell.get("start", "pretrained")
+    return 0.0 if start == "pretrained" else float(start.removeprefix("dense-e"))
 
 
 def _mean(values):
