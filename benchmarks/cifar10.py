@@ -423,7 +423,8 @@ def cmd_aggregate(args) -> None:
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         pv, fv = ("—" if v is None else f"{100 * v:.1f}" for v in (r["pruned_val_accuracy"], r["val_accuracy"]))
-        md.append(f"| {r['model']} | {r['epochs']:g} | {r['method']}{' †' if r['earlier_gate_phase'] else ''} | "
+        epochs = _epochs_text(r["start_epochs"] + r["epochs"], r["start_epochs"])
+        md.append(f"| {r['model']} | {epochs} | {r['method']}{' †' if r['earlier_gate_phase'] else ''} | "
                   f"{'—' if r['budget_macs'] is None else r['budget_macs']} | {r['macs_fraction']:.3f} | "
                   f"{r['params_fraction']:.3f} | {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | "
                   f"{r['seeds']} | {pv} | {fv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f}"
@@ -434,7 +435,9 @@ def cmd_aggregate(args) -> None:
            *(f"| {m} | {mo} | {b} | {p} | {s}x |" for m, mo, b, p, s in PUBLISHED), "",
            "Reproduce: `python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 "
            "--seeds 0 1` (`--round-to 4` for the ×4 rows; ResNet-56: `run --model resnet56 --round-to 4 --methods "
-           "ib l1 taylor --seeds 0 1`), then `python benchmarks/cifar10.py latency` on a quiet machine and "
+           "ib l1 taylor --seeds 0 1`; the `from dense 10 ep` rows: `run --model resnet56 --round-to 4 --epochs 10 "
+           "--from-dense 10 --distill --methods ib l1 taylor --seeds 0 1 2` after the dense cells of 10 and 20 "
+           "epochs), then `python benchmarks/cifar10.py latency` on a quiet machine and "
            "`python benchmarks/cifar10.py aggregate`. The script's docstring lists every command.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
     _plot(plt, table)
