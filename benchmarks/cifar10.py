@@ -408,9 +408,10 @@ def cmd_aggregate(args) -> None:
         where.setdefault(text, set()).add((c["model"], c["epochs"]))
     devices = [f"{text} ({'; '.join(f'{m} {ep:g} ep' for m, ep in sorted(rows))})"
                for text, rows in sorted(where.items())]
+    headline = _headline(table)  # the side-by-side rows, for the table and the plot
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
-          "10,000 JPEG test images.", "", *_comparison(table), "", "## Every run, ablations included", "",
+          "10,000 JPEG test images.", "", *_comparison(*headline), "", "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
@@ -440,7 +441,7 @@ def cmd_aggregate(args) -> None:
            "epochs), then `python benchmarks/cifar10.py latency` on a quiet machine and "
            "`python benchmarks/cifar10.py aggregate`. The script's docstring lists every command.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
-    _plot(plt, table)
+    _plot(plt, *headline)
     print("\n".join(md))
 
 
@@ -458,8 +459,8 @@ def _headline(table: list[dict]) -> tuple[dict[tuple, dict[str, dict]], dict[tup
         m = re.fullmatch(rf"({'|'.join(BASE)})(_g[\d.]+)?(_kd)?(_r4)?(_a[\d.]+)?(_fd[\d.]+)?", r["method"])
         if m and (m[1] == "ib" or not m[2]) and bool(m[3]) == bool(m[5] or m[6]):  # distil only from adapted
             protocol = f"×{4 if m[4] else 8}" + (f", adapt {m[5][2:]} ep + distill" if m[5] else "")
-            protocol += f", from dense {m[6][3:]} ep + distill" if m[6] else ""
             start = r["start_epochs"]
+            protocol += f", from dense {start:g} ep + distill" if start else ""
             row = grid.setdefault((r["model"], start + r["epochs"], protocol, r["budget_macs"], start), {})
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
@@ -471,10 +472,9 @@ def _epochs_text(total: float, start: float) -> str:
     return f"{start:g} + {total - start:g}" if start else f"{total:g}"
 
 
-def _plot(plt, table: list[dict]) -> None:
+def _plot(plt, grid: dict, dense: dict) -> None:
     """``cifar10.png``: accuracy against MACs kept, one panel per model, total epochs and protocol of the
     headline table: every criterion, and the dense model fine-tuned as many epochs."""
-    grid, dense = _headline(table)
     panels: dict[tuple, dict[str, list[dict]]] = {}
     for (model, total, protocol, _, start), row in sorted(grid.items()):
         panel = panels.setdefault((model, total, protocol, start), {})
@@ -505,10 +505,9 @@ def _plot(plt, table: list[dict]) -> None:
     write_figure(RESULTS / "cifar10.png", fig)
 
 
-def _comparison(table: list[dict]) -> list[str]:
+def _comparison(grid: dict, dense: dict) -> list[str]:
     """The headline table: per model, total epochs, protocol and budget, each criterion's test accuracy side by
     side, the dense model fine-tuned as many epochs, and IB's margin."""
-    grid, dense = _headline(table)
     out = ["## Criteria side by side", "",
            "Test accuracy (%), mean ± std (seeds). Same data, seeds, augmentation and total epochs per row; widths "
            "kept a multiple of 4 or 8 for every method of the row; `adapt 1 ep + distill`: the budget's first epoch "
