@@ -51,6 +51,8 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
         --methods ib l1 taylor --seeds 0 1 2   # the 10 + 10 epoch grid (an H200: 12 cells at once, ~6 min)
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
+    python benchmarks/cifar10.py layout --rounds 5 --runs 200 --cells resnet56-e10-ib_kd_r4_fd10-macs0.50-s0 \
+        resnet56-e20-ib-macs0.50-s0      # batch-1 latency and onnxruntime's blocked layout (cifar10_layout.md)
     python benchmarks/cifar10.py aggregate
 
 On a GPU machine, ``--jobs N`` runs N cells at once, each in its own process: a ResNet-56 step is hundreds of
@@ -88,6 +90,7 @@ import ibprune
 from ibprune import bench, export
 from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders, load_cifar10
+from ibprune.costs import count
 from ibprune.files import atomic_path, write_figure, write_json, write_text
 from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
@@ -101,6 +104,7 @@ RESULTS = Path(__file__).parent / "results"
 CELLS = RESULTS / "cifar10" / "cells"
 WORK = RESULTS / "cifar10" / "work"  # checkpoints of unfinished cells (not committed), deleted as each one ends
 LATENCY = RESULTS / "cifar10_latency.json"  # quiet-machine latency per cell (`latency`)
+LAYOUT = RESULTS / "cifar10_layout"  # .json / .md: batch-1 latency and onnxruntime's blocked layout (`layout`)
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost")
 BASE = ("ib", "l1", "taylor", "bn", "random")  # the criteria compared side by side, in column order
@@ -361,6 +365,75 @@ def cmd_latency(args) -> None:
                          "onnxruntime": onnxruntime.__version__})
 
 
+def cmd_layout(args) -> None:
+    """Why pruned networks gain little at batch 1 on a CPU: onnxruntime's full optimisation runs convolutions in a
+    channel-blocked layout (16 channels with AVX-512, 8 with AVX2) wherever the widths allow, and converts layouts
+    (``ReorderOutput``) around the convs whose widths do not. For the dense model, each ``--cells`` architecture
+    and the same with every width rounded up to 16: the layout conversions in the optimised graph, and the p50
+    latency at batch 1 and 64 with the full optimisation and without the blocked layout (``ORT_ENABLE_EXTENDED``),
+    all timed side by side in ``--rounds`` interleaved rounds."""
+    import onnx
+
+    example = torch.randn(1, 3, 32, 32)
+    archs: dict[str, dict] = {}
+    for path in sorted({p for pattern in args.cells for p in CELLS.glob(f"{pattern}.json")}):
+        cell = json.loads(path.read_text())
+        archs.setdefault(f"{cell['model']}-dense", {"model": cell["model"], "kept_channels": None})
+        if cell.get("kept_channels"):
+            archs[path.stem] = cell
+    if not archs:
+        sys.exit(f"no cell matching {' '.join(args.cells)}")
+    widths = {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]}
+              for m in {c["model"] for c in archs.values()}}
+    for name, cell in [(n, c) for n, c in archs.items() if c["kept_channels"]]:
+        full = widths[cell["model"]]
+        archs[f"{name} (widths up to 16)"] = dict(cell, kept_channels={
+            g: min(full[g], -(-k // 16) * 16) for g, k in cell["kept_channels"].items()})
+    levels = {"all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    sessions, rows = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, cell) in enumerate(archs.items()):
+            net = rebuild(cell, widths[cell["model"]], example)
+            path = export.export_onnx(net, example, Path(tmp) / f"{i}.onnx")
+            rows[name] = {"macs": count(net, example)[0]}
+            for level, value in levels.items():
+                opts = onnxruntime.SessionOptions()
+                opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = args.threads, 1, 3
+                opts.graph_optimization_level = value
+                opts.optimized_model_filepath = str(Path(tmp) / f"{i}-{level}.opt.onnx")
+                sessions[name, level] = onnxruntime.InferenceSession(str(path), opts,
+                                                                     providers=["CPUExecutionProvider"])
+                graph = onnx.load(opts.optimized_model_filepath).graph
+                rows[name][f"reorders_{level}"] = sum(n.op_type == "ReorderOutput" for n in graph.node)
+        times: dict[tuple, list[dict]] = {k: [] for k in sessions}
+        for r in range(args.rounds):
+            for key, sess in sessions.items():
+                times[key].append({b: bench.time_runs(sess, example, b, runs=args.runs)["p50"] for b in (1, 64)})
+            print(f"round {r + 1} of {args.rounds} done", flush=True)
+    for (name, level), ts in times.items():
+        for b in (1, 64):
+            rows[name][f"p50_ms_b{b}_{level}"] = float(np.median([t[b] for t in ts]))
+    env = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs, "machine": platform.machine(),
+           "onnxruntime": onnxruntime.__version__, "sitting": time.strftime("%Y-%m-%dT%H:%M")}
+    write_json(LAYOUT.with_suffix(".json"), {"rows": rows, "environment": env})
+    md = ["# Batch-1 latency and onnxruntime's blocked layout", "",
+          f"onnxruntime {env['onnxruntime']} on the CPU ({env['machine']}), {args.threads} threads, p50 of "
+          f"{args.runs} runs, median of {args.rounds} interleaved rounds, {env['sitting']}. `reorders`: layout "
+          "conversions (`ReorderOutput`) in the fully optimised graph; `all`: full optimisation (blocked layout "
+          "where the widths allow); `extended`: without the blocked layout. Architectures: the cells' kept widths "
+          "(`cifar10/cells`), and the same rounded up to multiples of 16.", "",
+          "| architecture | MACs (M) | reorders | b1 all (ms) | b1 extended (ms) | b64 all (ms) | b64 extended (ms) |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {n} | {r['macs'] / 1e6:.1f} | {r['reorders_all']} | {r['p50_ms_b1_all']:.3f} | "
+           f"{r['p50_ms_b1_extended']:.3f} | {r['p50_ms_b64_all']:.2f} | {r['p50_ms_b64_extended']:.2f} |"
+           for n, r in rows.items()]
+    md += ["", f"Reproduce: `python benchmarks/cifar10.py layout --cells {' '.join(args.cells)}` on a quiet machine.",
+           ""]
+    write_text(LAYOUT.with_suffix(".md"), "\n".join(md))
+    print("\n".join(md))
+
+
 def cmd_aggregate(args) -> None:
     import matplotlib
 
@@ -596,9 +669,15 @@ def main(argv: list[str] | None = None) -> None:
     lat.add_argument("--cells", nargs="+", default=["*"],
                      help="globs on cell names, e.g. 'resnet56-e6-*macs0.50-*' 'resnet56-e6-dense-*'")
     lat.add_argument("--fresh", action="store_true", help="re-time the chosen cells even if already measured")
+    lay = sub.add_parser("layout", help="batch-1 latency with and without onnxruntime's blocked layout")
+    lay.add_argument("--threads", type=int, default=2)
+    lay.add_argument("--runs", type=int, default=50, help="timed runs per round and batch size")
+    lay.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over them is kept")
+    lay.add_argument("--cells", nargs="+", default=["resnet56-e10-ib_kd_r4_fd10-macs0.50-s0"],
+                     help="globs on cell names; the dense model of each cell's model is timed too")
     sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
     args = p.parse_args(argv)
-    {"run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
+    {"run": cmd_run, "latency": cmd_latency, "layout": cmd_layout, "aggregate": cmd_aggregate}[args.command](args)
 
 
 if __name__ == "__main__":
