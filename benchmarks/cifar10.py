@@ -307,6 +307,16 @@ def rebuild(cell: dict, groups: dict[str, int], example: torch.Tensor) -> torch.
     return remove_channels(net, example, removed).eval()
 
 
+def _matching(patterns: list[str]) -> list[Path]:
+    """The cells whose names match any of the globs ``patterns``."""
+    return sorted({p for pattern in patterns for p in CELLS.glob(f"{pattern}.json")})
+
+
+def _full_widths(models: set[str], example: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Each model's channel groups and their full widths (what ``rebuild`` cuts from)."""
+    return {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]} for m in models}
+
+
 def _quiet_entry(measured: dict, stem: str, cell: dict) -> dict | None:
     """The quiet-machine latency measured for this run of the cell; None when there is none or it was measured
     for an earlier run of the cell (entries record the MACs of the run they measured)."""
@@ -331,7 +341,7 @@ def cmd_latency(args) -> None:
     measured = json.loads(LATENCY.read_text())["cells"] if LATENCY.exists() else {}
     example = torch.randn(1, 3, 32, 32)
     todo: dict[tuple, list[tuple[str, dict]]] = {}
-    for path in sorted({p for pattern in args.cells for p in CELLS.glob(f"{pattern}.json")}):
+    for path in _matching(args.cells):
         cell = json.loads(path.read_text())
         if (not args.fresh and _quiet_entry(measured, path.stem, cell)) or (
                 cell.get("kept_channels") is None and cell["method"] != "dense"):
@@ -339,7 +349,7 @@ def cmd_latency(args) -> None:
         todo.setdefault(_architecture(cell), []).append((path.stem, cell))
     if not todo:
         sys.exit(f"no cell matching {' '.join(args.cells)} needs timing (--fresh re-times measured ones)")
-    widths = {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]} for m in {a[0] for a in todo}}
+    widths = _full_widths({a[0] for a in todo}, example)
     batches = (1, 64)
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
@@ -376,15 +386,14 @@ def cmd_layout(args) -> None:
 
     example = torch.randn(1, 3, 32, 32)
     archs: dict[str, dict] = {}
-    for path in sorted({p for pattern in args.cells for p in CELLS.glob(f"{pattern}.json")}):
+    for path in _matching(args.cells):
         cell = json.loads(path.read_text())
         archs.setdefault(f"{cell['model']}-dense", {"model": cell["model"], "kept_channels": None})
         if cell.get("kept_channels"):
             archs[path.stem] = cell
     if not archs:
         sys.exit(f"no cell matching {' '.join(args.cells)}")
-    widths = {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]}
-              for m in {c["model"] for c in archs.values()}}
+    widths = _full_widths({c["model"] for c in archs.values()}, example)
     for name, cell in [(n, c) for n, c in archs.items() if c["kept_channels"]]:
         full = widths[cell["model"]]
         archs[f"{name} (widths up to 16)"] = dict(cell, kept_channels={
@@ -662,17 +671,19 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--device", default="auto")
     r.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per in-run latency")
     r.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (GPU machine)")
-    lat = sub.add_parser("latency", help="measure every cell's architecture's ORT latency (run on a quiet machine)")
-    lat.add_argument("--threads", type=int, default=2)
-    lat.add_argument("--runs", type=int, default=50, help="timed runs per round and batch size")
-    lat.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over them is kept")
+    def timing(name: str, help: str) -> argparse.ArgumentParser:
+        """A subcommand that times architectures on this machine's CPU, in interleaved rounds."""
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--threads", type=int, default=2)
+        sp.add_argument("--runs", type=int, default=50, help="timed runs per round and batch size")
+        sp.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over them is kept")
+        return sp
+
+    lat = timing("latency", "measure every cell's architecture's ORT latency (run on a quiet machine)")
     lat.add_argument("--cells", nargs="+", default=["*"],
                      help="globs on cell names, e.g. 'resnet56-e6-*macs0.50-*' 'resnet56-e6-dense-*'")
     lat.add_argument("--fresh", action="store_true", help="re-time the chosen cells even if already measured")
-    lay = sub.add_parser("layout", help="batch-1 latency with and without onnxruntime's blocked layout")
-    lay.add_argument("--threads", type=int, default=2)
-    lay.add_argument("--runs", type=int, default=50, help="timed runs per round and batch size")
-    lay.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median over them is kept")
+    lay = timing("layout", "batch-1 latency with and without onnxruntime's blocked layout")
     lay.add_argument("--cells", nargs="+", default=["resnet56-e10-ib_kd_r4_fd10-macs0.50-s0"],
                      help="globs on cell names; the dense model of each cell's model is timed too")
     sub.add_parser("aggregate", help="write cifar10.json, cifar10.md and cifar10.png from the cells")
