@@ -32,7 +32,7 @@ accuracy is on the 10,000 test images.
 
 Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet-56 one):
     python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 --seeds 0 1
-    python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 taylor bn random --seeds 0 1 2
+    python benchmarks/cifar10.py run --model resnet20 --round-to 4 --methods ib l1 taylor --seeds 0 1 2
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --methods ib l1 taylor --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --methods ib l1 taylor --budgets 0.4 --seeds 0 1
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 6 --methods dense ib taylor l1 \
@@ -48,7 +48,7 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
     python benchmarks/cifar10.py run --model resnet56 --epochs 10 --methods dense --seeds 0 1 2 &&
     python benchmarks/cifar10.py run --model resnet56 --epochs 20 --methods dense --seeds 0 1 2 &&
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 10 --from-dense 10 --distill \
-        --methods ib l1 taylor --seeds 0 1 2   # the 10 + 10 epoch grid (an H200: 12 cells at once, ~6 min)
+        --methods ib l1 taylor bn random --seeds 0 1 2   # the 10 + 10 epoch grid (an H200: 12 cells at once, ~6 min)
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py layout --rounds 5 --runs 200 --cells resnet56-e10-ib_kd_r4_fd10-macs0.50-s0 \
@@ -493,7 +493,8 @@ def cmd_aggregate(args) -> None:
     headline = _headline(table)  # the side-by-side rows, for the table and the plot
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
-          "10,000 JPEG test images.", "", *_comparison(*headline), "", "## Every run, ablations included", "",
+          "10,000 JPEG test images. What the rows mean, protocol by protocol: `benchmarks/cifar10_findings.md`.",
+          "", *_comparison(*headline), "", "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
@@ -519,8 +520,8 @@ def cmd_aggregate(args) -> None:
            "Reproduce: `python benchmarks/cifar10.py run --model resnet20 --epochs 3 --budgets 0.5 0.4 "
            "--seeds 0 1` (`--round-to 4` for the ×4 rows; ResNet-56: `run --model resnet56 --round-to 4 --methods "
            "ib l1 taylor --seeds 0 1`; the `from dense 10 ep` rows: `run --model resnet56 --round-to 4 --epochs 10 "
-           "--from-dense 10 --distill --methods ib l1 taylor --seeds 0 1 2` after the dense cells of 10 and 20 "
-           "epochs), then `python benchmarks/cifar10.py latency` on a quiet machine and "
+           "--from-dense 10 --distill --methods ib l1 taylor bn random --seeds 0 1 2` after the dense cells of 10 "
+           "and 20 epochs), then `python benchmarks/cifar10.py latency` on a quiet machine and "
            "`python benchmarks/cifar10.py aggregate`. The script's docstring lists every command.", ""]
     write_text(RESULTS / "cifar10.md", "\n".join(md))
     _plot(plt, *headline)
