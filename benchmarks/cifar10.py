@@ -48,7 +48,7 @@ Reproduce (2 CPU cores: about 4 minutes a ResNet-20 cell, 14-16 minutes a ResNet
     python benchmarks/cifar10.py run --model resnet56 --epochs 10 --methods dense --seeds 0 1 2 &&
     python benchmarks/cifar10.py run --model resnet56 --epochs 20 --methods dense --seeds 0 1 2 &&
     python benchmarks/cifar10.py run --model resnet56 --round-to 4 --epochs 10 --from-dense 10 --distill \
-        --methods ib l1 taylor bn random --seeds 0 1 2   # the 10 + 10 epoch grid (an H200: 12 cells at once, ~6 min)
+        --methods ib l1 taylor bn random --seeds 0 1 2   # the 10 + 10 epoch grid (H200: ~3 min a cell, 12 at once)
     python benchmarks/cifar10.py latency      # on a quiet machine: every cell's architecture not yet timed
     python benchmarks/cifar10.py latency --fresh --cells 'resnet56-e6-*'   # re-time a table's rows side by side
     python benchmarks/cifar10.py layout --rounds 5 --runs 200 --cells resnet56-e10-ib_kd_r4_fd10-macs0.50-s0 \
