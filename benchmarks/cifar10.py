@@ -317,6 +317,18 @@ def _full_widths(models: set[str], example: torch.Tensor) -> dict[str, dict[str,
     return {m: {g.name: g.size for g in find_groups(pretrained(m), example)[1]} for m in models}
 
 
+def _time_interleaved(sessions: dict, example: torch.Tensor, batches: tuple[int, ...], args) -> dict:
+    """Each session's p50 and p90 (ms) at each batch size, the median over ``args.rounds`` rounds that each time
+    every session once (``args.runs`` runs), so the machine's drift over the sitting falls on all of them alike."""
+    times: dict = {key: [] for key in sessions}
+    for r in range(args.rounds):
+        for key, sess in sessions.items():
+            times[key].append({b: bench.time_runs(sess, example, b, runs=args.runs) for b in batches})
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
+    return {key: {b: {q: float(np.median([t[b][q] for t in ts])) for q in ("p50", "p90")} for b in batches}
+            for key, ts in times.items()}
+
+
 def _quiet_entry(measured: dict, stem: str, cell: dict) -> dict | None:
     """The quiet-machine latency measured for this run of the cell; None when there is none or it was measured
     for an earlier run of the cell (entries record the MACs of the run they measured)."""
@@ -358,15 +370,10 @@ def cmd_latency(args) -> None:
             sessions[arch] = export.session(export.export_onnx(net, example, Path(tmp) / f"{i}.onnx"), args.threads)
         print(f"{len(sessions)} architectures ({sum(map(len, todo.values()))} cells), {args.rounds} rounds",
               flush=True)
-        times: dict[tuple, list[dict]] = {arch: [] for arch in sessions}
-        for r in range(args.rounds):
-            for arch, sess in sessions.items():
-                times[arch].append({b: bench.time_runs(sess, example, b, runs=args.runs) for b in batches})
-            print(f"round {r + 1} of {args.rounds} done", flush=True)
+        timed = _time_interleaved(sessions, example, batches, args)
     sitting = time.strftime("%Y-%m-%dT%H:%M")
     for arch, cells in todo.items():
-        lat = {f"batch_{b}": {q: float(np.median([t[b][q] for t in times[arch]])) for q in ("p50", "p90")}
-               for b in batches}
+        lat = {f"batch_{b}": timed[arch][b] for b in batches}
         for stem, cell in cells:
             measured[stem] = dict(lat, threads=args.threads, macs=cell["macs"], rounds=args.rounds, sitting=sitting)
         print(f"{cells[0][0]} (+{len(cells) - 1} alike): {lat['batch_1']['p50']:.3f} / "
@@ -407,22 +414,14 @@ def cmd_layout(args) -> None:
             path = export.export_onnx(net, example, Path(tmp) / f"{i}.onnx")
             rows[name] = {"macs": count(net, example)[0]}
             for level, value in levels.items():
-                opts = onnxruntime.SessionOptions()
-                opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = args.threads, 1, 3
-                opts.graph_optimization_level = value
-                opts.optimized_model_filepath = str(Path(tmp) / f"{i}-{level}.opt.onnx")
-                sessions[name, level] = onnxruntime.InferenceSession(str(path), opts,
-                                                                     providers=["CPUExecutionProvider"])
-                graph = onnx.load(opts.optimized_model_filepath).graph
+                optimized = Path(tmp) / f"{i}-{level}.opt.onnx"
+                sessions[name, level] = export.session(path, args.threads, level=value, optimized_path=optimized)
+                graph = onnx.load(optimized).graph
                 rows[name][f"reorders_{level}"] = sum(n.op_type == "ReorderOutput" for n in graph.node)
-        times: dict[tuple, list[dict]] = {k: [] for k in sessions}
-        for r in range(args.rounds):
-            for key, sess in sessions.items():
-                times[key].append({b: bench.time_runs(sess, example, b, runs=args.runs)["p50"] for b in (1, 64)})
-            print(f"round {r + 1} of {args.rounds} done", flush=True)
-    for (name, level), ts in times.items():
-        for b in (1, 64):
-            rows[name][f"p50_ms_b{b}_{level}"] = float(np.median([t[b] for t in ts]))
+        timed = _time_interleaved(sessions, example, (1, 64), args)
+    for (name, level), by_batch in timed.items():
+        for b, q in by_batch.items():
+            rows[name][f"p50_ms_b{b}_{level}"] = q["p50"]
     env = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs, "machine": platform.machine(),
            "onnxruntime": onnxruntime.__version__, "sitting": time.strftime("%Y-%m-%dT%H:%M")}
     write_json(LAYOUT.with_suffix(".json"), {"rows": rows, "environment": env})

@@ -1,9 +1,10 @@
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from ibprune.errors import ExportMismatchError
-from ibprune.export import check_parity, export_onnx, onnx_opset
+from ibprune.export import check_parity, export_onnx, onnx_opset, session
 
 
 def test_export_is_one_file_with_a_dynamic_batch(digits_net, tmp_path):
@@ -33,3 +34,15 @@ def test_a_failed_export_leaves_no_file(tmp_path):
     with pytest.raises(Exception, match="cannot trace this"):
         export_onnx(Bad(), torch.randn(1, 3), tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_session_applies_the_optimisation_level_and_writes_the_optimised_graph(digits_net, tmp_path):
+    path = export_onnx(digits_net, torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
+    nodes = {}
+    for name, level in (("none", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                        ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+        sess = session(path, threads=1, level=level, optimized_path=tmp_path / f"{name}.onnx")
+        out = sess.run(None, {sess.get_inputs()[0].name: torch.randn(2, 1, 8, 8).numpy()})[0]
+        assert out.shape == (2, 10)
+        nodes[name] = len(onnx.load(tmp_path / f"{name}.onnx").graph.node)
+    assert nodes["all"] < nodes["none"]  # full optimisation fuses (conv + bn + relu), the disabled level does not
