@@ -509,7 +509,7 @@ def cmd_aggregate(args) -> None:
         epochs = _epochs_text(r["start_epochs"] + r["epochs"], r["start_epochs"])
         md.append(f"| {r['model']} | {epochs} | {r['method']}{' †' if r['earlier_gate_phase'] else ''} | "
                   f"{'—' if r['budget_macs'] is None else r['budget_macs']} | {r['macs_fraction']:.3f} | "
-                  f"{r['params_fraction']:.3f} | {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | "
+                  f"{r['params_fraction']:.3f} | {_mean_text(r)} | "
                   f"{r['seeds']} | {pv} | {fv} | {r['latency_b1_p50_ms']:.3f} / {r['latency_b64_p50_ms']:.2f}"
                   f"{'' if r['latency_quiet'] else ' *'} |")
     md += ["", "Published results (lossless CIFAR-10, 100+ fine-tune epochs on a GPU; quoted from the papers, "
@@ -611,7 +611,7 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
                 cells.append("—")
                 continue
             r = row[m]
-            text = f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} ({r['seeds']})"
+            text = f"{_mean_text(r)} ({r['seeds']})"
             text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
             text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
@@ -622,6 +622,12 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
         out.append(f"| {model} | {_epochs_text(total, start)} | {protocol} | {budget} | " + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
     return out
+
+
+def _mean_text(r: dict) -> str:
+    """Mean test accuracy, ± the spread over seeds when there are 2+ (one seed has no spread to show)."""
+    text = f"{r['test_accuracy_mean']:.2f}"
+    return text if r["seeds"] < 2 else f"{text} ± {r['test_accuracy_std']:.2f}"
 
 
 def _margin(ib: dict, best: dict) -> str:
