@@ -47,10 +47,12 @@ def probe(name: str, target: float = 0.6) -> dict:
     out["params_before"] = sum(p.numel() for p in model.parameters())
     try:
         check_inputs(model, [(torch.randn(2, 3, size, size), torch.tensor([0, 1]))], x)
-        r = check_model(model, x, target)
+        r = check_model(model, x, target, margin=True)
         out.update(status="ok", groups=r["groups"], macs_before=r["macs_before"], macs_after=r["macs_after"],
                    params_after=r["params_after"], macs_fraction=r["macs_fraction"],
-                   function_max_diff=r["function_max_diff"], onnx_max_diff=r["onnx_max_diff"])
+                   function_max_diff=r["function_max_diff"], check_ratio=r["check_ratio"],
+                   check_margin=r["check_margin"], check_margin_group=r["check_margin_group"],
+                   onnx_max_diff=r["onnx_max_diff"])
         if r["heads_before"]:
             out.update(heads_before=r["heads_before"], heads_after=r["heads_after"])
     except ibprune.IbpruneError as err:
@@ -94,28 +96,35 @@ def cmd_aggregate(args) -> None:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     write_json(RESULTS / "coverage.json", {"models": cells, "counts": counts})
     md = ["# Coverage: torchvision classifiers", "",
-          "Per model: random weights (all-zero weight tensors, such as ViT's classifier, get small random values so "
-          "that the checks are not vacuous), num_classes=10, attention rewritten into head-removable modules, the "
-          "gates' means drawn at random, pruned to 0.6 of the MACs (round_to=8; attention heads leave whole) "
-          "without training, function check against the gated model, ONNX export and onnxruntime parity. "
+          "Per model: random weights made lively as `check_model` does (all-zero weight tensors, such as ViT's "
+          "classifier, get small random values, constant scales below 1e-3 such as ConvNeXt's layer scale become "
+          "1, BN statistics re-estimated on random inputs, so that the checks are not vacuous), num_classes=10, "
+          "attention rewritten into head-removable modules, the gates' means drawn at random, pruned to 0.6 of "
+          "the MACs (round_to=8; attention heads leave whole) without training, function check against the "
+          "gated model, ONNX export and onnxruntime parity. *Check* is the function check's worst difference "
+          "over its tolerance (1e-4 of each compared tensor's scale; passes below 1); *margin* is how many "
+          "tolerances a prune wrong by one channel moves it, in the group where that is smallest "
+          "(`ibprune.verify.sensitivity`): above 1 the check sees every group. "
           "Measured on 2 CPU cores (shared with other runs: the seconds are indicative) with "
           "`python benchmarks/coverage.py run` then `aggregate`.", "",
           "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",
           "| model | input | status | params before → after | MACs before → after (fraction) | attention heads "
-          "| ONNX max diff | seconds | reason |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| check | margin (group) | ONNX max diff | seconds | reason |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cells:
         if c["status"] == "ok":
             sizes = f"{c['params_before'] / 1e6:.2f} M → {c['params_after'] / 1e6:.2f} M"
             macs = f"{c['macs_before'] / 1e6:.0f} M → {c['macs_after'] / 1e6:.0f} M ({c['macs_fraction']:.3f})"
             diff = f"{c['onnx_max_diff']:.1e}"
+            check = f"{c['check_ratio']:.3f}"
+            margin = f"{c['check_margin']:.3g} ({c['check_margin_group']})"
         else:
             sizes = f"{c['params_before'] / 1e6:.2f} M" if "params_before" in c else "—"
-            macs = diff = "—"
+            macs = diff = check = margin = "—"
         reason = c.get("reason", "").replace("|", "\\|")[:240]
         heads = f"{c['heads_before']} → {c['heads_after']}" if "heads_after" in c else "—"
-        md.append(f"| {c['model']} | {c.get('input', '—')} | {c['status']} | {sizes} | {macs} | {heads} | {diff} "
-                  f"| {c.get('seconds', 0):.0f} | {reason} |")
+        md.append(f"| {c['model']} | {c.get('input', '—')} | {c['status']} | {sizes} | {macs} | {heads} | {check} "
+                  f"| {margin} | {diff} | {c.get('seconds', 0):.0f} | {reason} |")
     write_text(RESULTS / "coverage.md", "\n".join(md) + "\n")
     print("\n".join(md[:6]))
 

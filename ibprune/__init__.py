@@ -7,6 +7,7 @@ from ibprune.errors import (
     BudgetError,
     ExportMismatchError,
     IbpruneError,
+    PreflightMismatchError,
     PruningMismatchError,
     UnsupportedModelError,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "CompressResult",
     "ExportMismatchError",
     "IbpruneError",
+    "PreflightMismatchError",
     "PruningMismatchError",
     "SweepResult",
     "UnsupportedModelError",

@@ -14,7 +14,18 @@ class BudgetError(IbpruneError):
 
 
 class PruningMismatchError(IbpruneError):
-    """The pruned network does not compute what the gated network with those channels shut computes."""
+    """The pruned network does not compute what the gated network with those channels shut computes.
+
+    ``groups``: the channel groups whose removal alone breaks the function (empty when only their combination
+    does, or when the error was raised before they were searched for); ``layer``: where the difference first
+    showed (a layer's name or ``"output"``; None when the pruned model failed to run)."""
+
+    groups: list[str] = []
+    layer: str | None = None
+
+
+class PreflightMismatchError(UnsupportedModelError, PruningMismatchError):
+    """Before any training, a trial prune changed what the model computes: ibprune cannot prune it correctly."""
 
 
 class ExportMismatchError(IbpruneError):

@@ -134,20 +134,28 @@ def _time_limit(seconds: float, what: str) -> Iterator[None]:
         yield
         return
 
+    fired = []
+
     def fire(signum, frame):
+        fired.append(True)
         raise _OutOfTime
+
+    def refusal() -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"{what} did not finish within {seconds:g} s (ibprune.groups.GRAPH_TIME_LIMIT_S); torch-pruning's "
+            f"search does not terminate on some layouts, e.g. Swin's shifted-window attention")
 
     previous = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     except _OutOfTime:
-        raise UnsupportedModelError(
-            f"{what} did not finish within {seconds:g} s (ibprune.groups.GRAPH_TIME_LIMIT_S); torch-pruning's "
-            f"search does not terminate on some layouts, e.g. Swin's shifted-window attention") from None
+        raise refusal() from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the signal landed where it was swallowed (a finaliser, a handler of BaseException)
+        raise refusal()
 
 
 def find_groups(

@@ -4,14 +4,13 @@ Ranking: a channel's score is its information (nats); the gate phase has already
 by its cost. Removing the lowest scores first meets the budget while discarding the least information.
 Removal goes through torch-pruning, group by group, on a copy of the model; the copy is counted with
 torch-pruning's own counter, and the pruned network must compute what the gated network computes with the
-removed channels shut (``verify``), or pruning fails naming the group.
+removed channels shut (``ibprune.verify``), or pruning fails naming the group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +18,11 @@ from torch import nn
 
 from ibprune.attention import HeadAttention
 from ibprune.costs import CostModel, count
-from ibprune.errors import BudgetError, PruningMismatchError, UnsupportedModelError
+from ibprune.errors import BudgetError, PreflightMismatchError, PruningMismatchError
 from ibprune.gates import GateSet
 from ibprune.groups import ChannelGroup, build_graph, evaluating
 from ibprune.rewrite import rewrite
+from ibprune.verify import RTOL, Agreement, compare, sites, trace, trace_gated
 
 
 @dataclass
@@ -32,7 +32,8 @@ class PruneResult:
     model: nn.Module
     removed: dict[str, list[int]]   # group name -> removed channel positions
     fraction: float                 # achieved cost / original cost, counted by torch-pruning
-    max_abs_diff: float             # pruned vs gated-with-removed-channels-shut, on random inputs
+    max_abs_diff: float             # pruned vs gated-with-removed-channels-shut at the output, on random inputs
+    check_ratio: float              # the function check's worst difference over its tolerance (``ibprune.verify``)
 
 
 def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.Tensor],
@@ -153,18 +154,6 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict
     return model
 
 
-@torch.no_grad()
-def verify(reference: torch.Tensor, pruned: torch.Tensor, rtol: float = 1e-4) -> float:
-    """Max abs difference; raises when it exceeds ``rtol`` times the reference's scale."""
-    if reference.shape != pruned.shape:
-        raise PruningMismatchError(f"pruning changed the output shape: {tuple(reference.shape)} -> "
-                                   f"{tuple(pruned.shape)}")
-    diff = float((reference - pruned).abs().max())
-    if not math.isfinite(diff) or diff > rtol * max(1.0, float(reference.abs().max())):
-        raise PruningMismatchError(f"pruned model differs from the gated model by {diff:.3g}")
-    return diff
-
-
 def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor,
                     cost_model: CostModel, target: float, round_to: int | None = None,
                     check_batch: int = 4,
@@ -184,11 +173,11 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     with evaluating(model), evaluating(gates):
         for _ in range(8):
             removed = plan_removal(score, cost_model, aim, block_sizes(groups, round_to))
-            slim, diff = _check_or_blame(model, gates, groups, removed, example_input, probe)
+            slim, agreement = _check_or_blame(model, gates, groups, removed, example_input, probe)
             macs, params = count(slim, example_input.to(device))
             fraction = (macs if cost_model.metric == "macs" else params) / cost_model.total
             if fraction <= target + 1e-9:
-                return PruneResult(slim, removed, fraction, diff)
+                return PruneResult(slim, removed, fraction, agreement.max_abs_diff, agreement.ratio)
             aim -= (fraction - target) + 1e-3
         raise BudgetError(f"could not reach {target:.3f} of the original {cost_model.metric} "
                           f"(last counted {fraction:.3f})")
@@ -206,13 +195,15 @@ def full_precision():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _checked_copy(model, gates, removed, example_input, probe) -> tuple[nn.Module, float]:
+def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, Agreement]:
     """A gate-free copy with ``removed`` deleted and means folded, checked against the gated model.
 
-    Raises ``PruningMismatchError`` when the copy computes something else, or fails to run at all.
+    Raises ``PruningMismatchError`` (its ``layer``: where the difference first shows) when the copy computes
+    something else, or fails to run at all.
     """
-    with torch.no_grad(), gates.shut(removed), full_precision():
-        reference = model(probe)
+    layers = sites(groups, removed)
+    with full_precision():
+        reference = trace_gated(model, gates, removed, probe, layers)
     gates.detach()
     try:
         slim = copy.deepcopy(model)
@@ -221,25 +212,31 @@ def _checked_copy(model, gates, removed, example_input, probe) -> tuple[nn.Modul
     gates.fold(slim)
     try:
         remove_channels(slim, example_input.to(probe.device), removed)
-        with torch.no_grad(), full_precision():
-            out = slim(probe)
+        with full_precision():
+            candidate = trace(slim, probe, layers)
     except (RuntimeError, ValueError, IndexError) as err:
         raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None
-    return slim, verify(reference, out)
+    agreement = compare(reference, candidate, layers)
+    if agreement.ratio > 1.0:
+        err = PruningMismatchError(
+            f"pruned model differs from the gated model at {agreement.first} ({agreement.ratio:.3g} times the "
+            f"tolerance of {RTOL:g} of that tensor's scale; at the output by {agreement.max_abs_diff:.3g})")
+        err.layer = agreement.first
+        raise err
+    return slim, agreement
 
 
-def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, float]:
-    """``_checked_copy``; on a mismatch, re-check group by group and name the groups that break."""
+def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, Agreement]:
+    """``_checked_copy``; on a mismatch, name the groups that break: re-check alone each group read by the layer
+    where the difference first shows, and every pruned group if none of those breaks alone."""
     try:
-        return _checked_copy(model, gates, removed, example_input, probe)
+        return _checked_copy(model, gates, groups, removed, example_input, probe)
     except PruningMismatchError as err:
-        culprits = []
-        for g in groups:
-            if removed.get(g.name):
-                try:
-                    _checked_copy(model, gates, {g.name: removed[g.name]}, example_input, probe)
-                except PruningMismatchError:
-                    culprits.append(g.name)
+        layer = err.layer
+        pruned = [g for g in groups if removed.get(g.name)]
+        suspects = [g for g in pruned if layer in g.inputs or layer in g.outputs]
+        culprits = _breaking(model, gates, groups, suspects, removed, example_input, probe) \
+            or _breaking(model, gates, groups, [g for g in pruned if g not in suspects], removed, example_input, probe)
         where = ", ".join(culprits) if culprits else "the combination of groups"
         mismatch = PruningMismatchError(
             f"{err}; torch-pruning's dependency graph misses a coupling in group(s): {where}. "
@@ -248,12 +245,23 @@ def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tupl
         raise mismatch from None
 
 
+def _breaking(model, gates, groups, candidates, removed, example_input, probe) -> list[str]:
+    """The names of ``candidates`` whose removal alone fails the check."""
+    broken = []
+    for g in candidates:
+        try:
+            _checked_copy(model, gates, groups, {g.name: removed[g.name]}, example_input, probe)
+        except PruningMismatchError:
+            broken.append(g.name)
+    return broken
+
+
 def preflight(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor) -> None:
     """Before any training: remove every fourth channel of every group from a copy and check the function.
 
-    Raises ``UnsupportedModelError`` naming the groups whose removal changes what the network computes (an
-    operation torch-pruning does not understand, such as a channel-dimension ``F.pad``), so a model that cannot
-    be pruned correctly fails in seconds, not after the gate phase.
+    Raises ``PreflightMismatchError`` (an ``UnsupportedModelError``) naming the groups whose removal changes what
+    the network computes (an operation torch-pruning does not understand, such as a channel-dimension
+    ``F.pad``), so a model that cannot be pruned correctly fails in seconds, not after the gate phase.
     """
     removed = {g.name: list(range(0, g.size, 4)) for g in groups if g.size >= 4}
     probe = torch.randn(2, *example_input.shape[1:], device=example_input.device, dtype=example_input.dtype)
@@ -261,8 +269,10 @@ def preflight(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], exam
         with evaluating(model), evaluating(gates):
             _check_or_blame(model, gates, groups, removed, example_input, probe)
     except PruningMismatchError as err:
-        names = ", ".join(getattr(err, "groups", [])) or "a combination of groups"
-        raise UnsupportedModelError(
+        names = ", ".join(err.groups) or "a combination of groups"
+        refusal = PreflightMismatchError(
             f"pruning this model would change what it computes (group(s) rooted at {names}): torch-pruning "
             "misses a channel coupling here. Exclude those layers with ignored_layers=[...], or rewrite the "
-            "operation it cannot see through (e.g. a channel-dimension F.pad as a 1x1 conv).") from None
+            "operation it cannot see through (e.g. a channel-dimension F.pad as a 1x1 conv).")
+        refusal.groups = list(err.groups)
+        raise refusal from None

@@ -17,7 +17,8 @@ from torchvision.models.shufflenetv2 import channel_shuffle
 import ibprune
 import ibprune.groups
 from ibprune.attention import HeadAttention
-from ibprune.errors import UnsupportedModelError
+from ibprune.errors import PruningMismatchError, UnsupportedModelError
+from tests.mutants import MUTANTS
 
 SUPPORTED = {  # family: (model, input size)
     "resnet": ("resnet18", 64), "resnext": ("resnext50_32x4d", 64), "wide_resnet": ("wide_resnet50_2", 64),
@@ -72,3 +73,26 @@ def test_a_group_search_that_does_not_finish_is_stopped_with_a_reason(monkeypatc
     monkeypatch.setattr(ibprune.groups, "GRAPH_TIME_LIMIT_S", 0.001)  # what torch-pruning does on maxvit
     with pytest.raises(UnsupportedModelError, match="did not finish within 0.001 s"):
         ibprune.check_model(_model("resnet18"), torch.randn(1, 3, 64, 64), macs=0.6)
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+@pytest.mark.parametrize("family", sorted(SUPPORTED))
+def test_a_wrong_prune_fails_the_check_naming_the_group(family, mutant, monkeypatch):
+    name, size = SUPPORTED[family]
+    model = _model(name)
+    MUTANTS[mutant](monkeypatch)
+    with pytest.raises(PruningMismatchError) as caught:
+        ibprune.check_model(model, torch.randn(1, 3, size, size), macs=0.6)
+    named = caught.value.groups
+    assert named and all(g in str(caught.value) for g in named)
+    assert set(named) <= set(dict(model.named_modules())) | {n for n, _ in _rewritten(model).named_modules()}
+
+
+def _rewritten(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    from ibprune.rewrite import rewrite
+
+    copied = copy.deepcopy(model)
+    rewrite(copied)
+    return copied

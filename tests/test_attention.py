@@ -136,9 +136,16 @@ def test_criteria_score_heads(criterion, random_loader):
     split_heads(model)
     x = torch.randn(1, 1, 8, 8)
     _, groups = find_groups(model, x)
+    attention = model.encoder.layers[1].self_attn
+    d = attention.head_dim
+    with torch.no_grad():  # head 2 made large; head 1 cut off from the output (its out_proj columns zero)
+        for proj in (attention.q, attention.k, attention.v):
+            proj.weight[2 * d:3 * d] *= 10.0
+        attention.out_proj.weight[:, d:2 * d] = 0.0
     scores = criterion_scores(model, x, groups, criterion, random_loader(n=16), torch.device("cpu"))
-    assert scores["encoder.layers.1.self_attn"].shape == (4,)
-    assert torch.isfinite(scores["encoder.layers.1.self_attn"]).all()
+    heads = scores["encoder.layers.1.self_attn"]
+    assert heads.shape == (4,) and torch.isfinite(heads).all()
+    assert int(heads.argmax()) == 2 and int(heads.argmin()) == 1
 
 
 def test_a_criterion_that_cannot_score_a_group_names_it():

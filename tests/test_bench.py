@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ibprune.bench import default_threads, latency, profile
@@ -17,7 +18,16 @@ def test_profile_reports_size_and_latency(digits_net, tmp_path):
         assert 0 < lat["p50"] <= lat["p90"]
 
 
-def test_latency_respects_the_thread_count(digits_net, tmp_path):
-    path = export_onnx(digits_net, torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
-    lat = latency(path, torch.randn(1, 1, 8, 8), batch=2, threads=1, warmup=1, runs=3)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_timed_session_runs_on_the_threads_asked_for(digits_net, tmp_path, monkeypatch, threads):
+    import ibprune.bench
+
+    opened, real = [], ibprune.bench.session
+    monkeypatch.setattr(ibprune.bench, "session", lambda *a, **k: opened.append(real(*a, **k)) or opened[-1])
+    x = torch.randn(1, 1, 8, 8)
+    path = export_onnx(digits_net, x, tmp_path / "m.onnx")
+    lat = latency(path, x, batch=2, threads=threads, warmup=1, runs=3)
     assert set(lat) == {"p50", "p90"}
+    entry = profile(digits_net, path, x, batch_sizes=(1,), threads=threads, runs=2)
+    assert entry["latency_ms"]["threads"] == threads
+    assert len(opened) == 2 and all(s.get_session_options().intra_op_num_threads == threads for s in opened)

@@ -16,6 +16,29 @@ def test_every_criterion_scores_every_channel(digits_net, random_loader, criteri
     assert all(p.grad is None for p in digits_net.parameters())
 
 
+@pytest.mark.parametrize("criterion", ["l1", "bn", "taylor"])
+def test_scores_are_torch_pruning_importances_of_the_same_group(digits_net, random_loader, criterion):
+    import torch.nn.functional as F
+    import torch_pruning as tp
+
+    x, loader = torch.randn(1, 1, 8, 8), random_loader()
+    _, groups = find_groups(digits_net, x)
+    ours = criterion_scores(digits_net, x, groups, criterion, loader, torch.device("cpu"))
+    graph = tp.DependencyGraph().build_dependency(digits_net, example_inputs=x)
+    importance = {"l1": tp.importance.GroupMagnitudeImportance(p=1), "bn": tp.importance.BNScaleImportance(),
+                  "taylor": tp.importance.GroupTaylorImportance()}[criterion]
+    if criterion == "taylor":
+        for xb, yb in loader:
+            F.cross_entropy(digits_net(xb), yb).backward()
+    modules = dict(digits_net.named_modules())
+    for g in groups:
+        root = modules[g.name]
+        prune = tp.prune_conv_out_channels if isinstance(root, torch.nn.Conv2d) else tp.prune_linear_out_channels
+        theirs = importance(graph.get_pruning_group(root, prune, list(range(g.size))))
+        assert torch.allclose(ours[g.name], theirs.float(), rtol=1e-5, atol=1e-8), g.name
+    assert len({round(float(s.std()), 6) for s in ours.values()}) > 1  # the scores are not a constant
+
+
 def test_l1_prefers_large_filters(digits_net):
     x = torch.randn(1, 1, 8, 8)
     _, groups = find_groups(digits_net, x)

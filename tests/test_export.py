@@ -26,6 +26,19 @@ def test_parity_failure_is_loud(digits_net, tmp_path):
         check_parity(path, digits_net, torch.randn(1, 1, 8, 8))
 
 
+def test_parity_is_relative_to_the_output_scale(digits_net, tmp_path):
+    """Logits of 1e-6 (as a randomly initialised EfficientNet gives) cannot hide a wrong file under a floor."""
+    with torch.no_grad():
+        digits_net.head.weight.mul_(1e-6)
+        digits_net.head.bias.mul_(1e-6)
+    path = export_onnx(digits_net, torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
+    assert check_parity(path, digits_net, torch.randn(1, 1, 8, 8)) < 1e-10
+    with torch.no_grad():
+        digits_net.head.bias.add_(1e-7)  # 10 % of the output scale, far below any absolute floor
+    with pytest.raises(ExportMismatchError, match="differs from PyTorch"):
+        check_parity(path, digits_net, torch.randn(1, 1, 8, 8))
+
+
 def test_a_failed_export_leaves_no_file(tmp_path):
     class Bad(torch.nn.Module):
         def forward(self, x):

@@ -28,6 +28,26 @@ def test_eval_is_deterministic_and_training_is_noisy():
     assert a.shape == (4, 5) and not torch.equal(a, b)
 
 
+def test_each_example_of_a_batch_draws_its_own_noise(digits_net):
+    """Two identical examples in one training batch are gated by different ``z``: the noise is per example, not
+    one draw shared by the batch (which would make the KL bound describe a different channel)."""
+    x = torch.randn(1, 1, 8, 8).expand(2, -1, -1, -1).contiguous()
+    _, groups = find_groups(digits_net, x[:1])
+    gates = GateSet(groups).attach(digits_net)
+    gates.train()
+    reads = []
+    layer = dict(digits_net.named_modules())[next(iter(groups[0].gate_sites))]
+    layer.register_forward_pre_hook(lambda m, a: reads.append(a[0]))
+    with torch.no_grad():
+        out = digits_net(x)
+    assert not torch.equal(reads[-1][0], reads[-1][1])  # gated inputs of the same example differ
+    assert not torch.allclose(out[0], out[1])
+    gates.eval()
+    with torch.no_grad():
+        out = digits_net(x)
+    assert torch.equal(out[0], out[1])
+
+
 def test_gradients_reach_mu_and_sigma(digits_net):
     x = torch.randn(4, 1, 8, 8)
     _, groups = find_groups(digits_net, x[:1])

@@ -52,7 +52,7 @@ def test_a_pruned_network_that_misses_is_pruned_further():
             self.macs = macs
 
     def prune(macs: float) -> PruneResult:
-        return PruneResult(Net(macs), {}, macs, 0.0)
+        return PruneResult(Net(macs), {}, macs, 0.0, 0.0)
 
     plan = LatencyPlan(target=0.62, macs=0.6, original_ms=10.0)
     result = meet(prune, lambda net: 2.0 + 8.0 * net.macs, plan)  # latency fraction = 0.2 + 0.8 macs
@@ -102,6 +102,19 @@ def test_compress_to_a_latency_budget(digits_net, random_loader, tmp_path, clock
     over = rep["achieved"]["latency"] > 0.7
     assert over == any("over the budget" in n for n in rep["notes"])
     assert "onnxruntime latency" in (tmp_path / "report.md").read_text()
+
+
+def test_the_latency_search_on_real_timings(digits_net, random_loader):
+    """The one run whose latency search times real onnxruntime sessions (no timing is asserted, only that the
+    search acts on what it measured)."""
+    rep = ibprune.compress(digits_net, random_loader(), **dict(LATENCY_RUN, latency=0.8, latency_runs=10)).report
+    timing = rep["latency_budget"]
+    assert timing["original_ms"] > 0 and timing["tried"] and timing["pruned"]
+    assert len({t["latency"] for t in timing["tried"]}) > 1  # measured, not a constant
+    # the MACs target is the largest candidate that ran within the budget, as the search measured it
+    assert timing["macs"] == max(t["macs"] for t in timing["tried"] if t["latency"] <= 0.8)
+    assert rep["achieved"]["macs"] <= timing["pruned"][-1]["macs"] + 1e-9
+    assert all(p["latency"] > 0 for p in timing["pruned"])
 
 
 def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader, tmp_path, monkeypatch, clocks):

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from ibprune.costs import CostModel
@@ -18,13 +19,23 @@ def _setup(net):
 
 
 def test_calibrated_beta_balances_the_gradients(digits_net, random_loader):
+    """At ``scale=1`` the beta-weighted KL term pulls on the gate means as hard, on average, as the task loss."""
+    import torch.nn.functional as F
+
     gates, cost_model = _setup(digits_net)
-    gates.train()
-    digits_net.train()
-    beta = calibrate_beta(digits_net, gates, cost_model.channel_costs(), random_loader(), torch.device("cpu"))
+    gates.eval()  # z = mu: the task gradient is the same in every draw
+    digits_net.eval()
+    costs, cpu = cost_model.channel_costs(), torch.device("cpu")
+    beta = calibrate_beta(digits_net, gates, costs, random_loader(), cpu, batches=4, scale=1.0)
+    mus = [g.mu for g in gates.gates.values()]
+
+    def mean_pull(loss):
+        return float(torch.cat([g.abs().flatten() for g in torch.autograd.grad(loss, mus)]).mean())
+
+    task = sum(mean_pull(F.cross_entropy(digits_net(x), y)) for x, y in list(random_loader())[:4]) / 4
     assert math.isfinite(beta) and beta > 0
-    assert calibrate_beta(digits_net, gates, cost_model.channel_costs(), random_loader(), torch.device("cpu"),
-                          scale=0.6) > beta  # proportional to the scale (up to the noise of the draws)
+    assert mean_pull(beta * gates.weighted_kl(costs)) == pytest.approx(task, rel=1e-4)
+    assert calibrate_beta(digits_net, gates, costs, random_loader(), cpu, scale=0.1) == pytest.approx(0.1 * beta)
 
 
 def test_explore_then_squeeze(digits_net):
