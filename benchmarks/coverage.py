@@ -103,8 +103,8 @@ def cmd_aggregate(args) -> None:
           "the MACs (round_to=8; attention heads leave whole) without training, function check against the "
           "gated model, ONNX export and onnxruntime parity. *Check* is the function check's worst difference "
           "over its tolerance (1e-4 of each compared tensor's scale; passes below 1); *margin* is how many "
-          "tolerances a prune wrong by one channel moves it, in the group where that is smallest "
-          "(`ibprune.verify.sensitivity`): above 1 the check sees every group. "
+          "tolerances a wrong prune (one group's removed channels moved to their neighbours) moves it, in the "
+          "group where that is smallest (`ibprune.verify.sensitivity`): above 1 the check sees every group. "
           "Measured on 2 CPU cores (shared with other runs: the seconds are indicative) with "
           "`python benchmarks/coverage.py run` then `aggregate`.", "",
           "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",
