@@ -90,6 +90,7 @@ import ibprune
 from ibprune import bench, export
 from ibprune.checkpoint import load_weights
 from ibprune.cifar import cifar10_loaders, load_cifar10
+from ibprune.config import CompressConfig
 from ibprune.costs import count
 from ibprune.files import atomic_path, write_figure, write_json, write_text
 from ibprune.groups import find_groups
@@ -196,7 +197,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     if method == "dense":
         net.to(device)
         ckpt = Checkpoints(work, {"method": "dense", "epochs": args.epochs, "lr": args.lr, "seed": seed}, resume=True)
-        fit(net, train, steps_for(args.epochs, train), device, SGDConfig(lr=args.lr), desc="dense",
+        fit(net, train, steps_for(args.epochs, train), device,
+            SGDConfig(lr=args.lr, weight_decay=CompressConfig.weight_decay), desc="dense",
             checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
         resumed = ckpt.resumed[-1] if ckpt.resumed else None
         with atomic_path(teacher_path(args, seed)) as tmp:  # the teacher of --distill-dense

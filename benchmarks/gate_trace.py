@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ibprune.cifar import cifar10_loaders
+from ibprune.config import CompressConfig
 from ibprune.costs import CostModel
 from ibprune.files import write_figure, write_json, write_text
 from ibprune.gates import GateSet
@@ -77,7 +78,8 @@ def trace(model: str, budget: float, scale: float, seed: int, epochs: float, eve
 
     t0 = time.perf_counter()
     pressure = train_gates(net, gates, cost_model, train, CPU, budget, steps, beta=beta, round_to=round_to,
-                           lr=0.02, gate_lr=0.02, on_step=look, verbose=False)
+                           lr=0.02, gate_lr=0.02, weight_decay=CompressConfig.weight_decay, on_step=look,
+                           verbose=False)
     return {"scale": scale, "beta_explore": beta, "steps_planned": steps, "steps_taken": pressure.steps_taken,
             "switch": pressure.switch, "original_val_accuracy": start, "final_val_accuracy": evaluate(net, val, CPU),
             "seconds": time.perf_counter() - t0, "points": points}

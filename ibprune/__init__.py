@@ -2,13 +2,17 @@
 
 from ibprune.api import CompressResult, compress
 from ibprune.checkpoint import load_compressed
+from ibprune.config import CompressConfig
 from ibprune.dryrun import check_model
 from ibprune.errors import (
     BudgetError,
+    CheckpointError,
     ExportMismatchError,
     IbpruneError,
+    InputError,
     PreflightMismatchError,
     PruningMismatchError,
+    RecipeError,
     UnsupportedModelError,
 )
 from ibprune.sweep import SweepResult, compress_sweep
@@ -17,11 +21,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",
+    "CheckpointError",
+    "CompressConfig",
     "CompressResult",
     "ExportMismatchError",
     "IbpruneError",
+    "InputError",
     "PreflightMismatchError",
     "PruningMismatchError",
+    "RecipeError",
     "SweepResult",
     "UnsupportedModelError",
     "__version__",

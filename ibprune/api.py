@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import platform
 import tempfile
 import time
@@ -16,9 +18,10 @@ from ibprune import bench, export, report
 from ibprune import information as info_picture
 from ibprune.checkpoint import save_compressed
 from ibprune.checks import check_inputs, first_batch
+from ibprune.config import CompressConfig
 from ibprune.costs import CostModel
 from ibprune.criteria import criterion_scores
-from ibprune.errors import BudgetError, InputError
+from ibprune.errors import InputError
 from ibprune.files import write_json
 from ibprune.gates import GateSet
 from ibprune.groups import evaluating, find_groups
@@ -31,6 +34,8 @@ from ibprune.rewrite import rewrite
 from ibprune.robustness import adversarial_accuracy
 from ibprune.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
+_LOG = logging.getLogger("ibprune")
+
 
 @dataclass
 class CompressResult:
@@ -42,50 +47,22 @@ class CompressResult:
     removed: dict[str, list[int]] = field(repr=False)
 
 
-def budget_of(macs: float | None, params: float | None, latency: float | None = None) -> tuple[str, float]:
-    """``("macs" | "params" | "latency", fraction)`` from the keyword budgets; exactly one must be given, in
-    (0, 1)."""
-    given = {k: v for k, v in (("macs", macs), ("params", params), ("latency", latency)) if v is not None}
-    if len(given) != 1:
-        raise BudgetError("give exactly one budget: macs=<fraction>, params=<fraction> or latency=<fraction>")
-    (metric, value), = given.items()
-    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise BudgetError(f"{metric} budget must be a fraction in (0, 1) of the original, got {value!r}")
-    return metric, float(value)
-
-
 def compress(
     model: nn.Module,
     train_loader,
     val_loader=None,
     *,
     example_input: torch.Tensor | None = None,
-    macs: float | None = None,
-    params: float | None = None,
-    latency: float | None = None,
-    gate_epochs: float = 1.0,
-    finetune_epochs: float = 5.0,
-    adapt_epochs: float = 0.0,
     out_dir: str | Path | None = None,
-    resume: bool = False,
-    lr: float = 0.01,
-    gate_lr: float = 0.02,
-    weight_decay: float = 5e-4,
-    beta: float | None = None,
-    distill: bool | nn.Module = False,
-    round_to: int | None = 8,
-    criterion: str = "ib",
-    rank_per_cost: bool = False,
     ignored_layers: list[nn.Module] | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    bench_batch: int = 32,
-    latency_runs: int = 50,
-    robustness_eps: float | None = None,
     explored: dict | None = None,
     verbose: bool = True,
+    **settings,
 ) -> CompressResult:
     """Compress a pretrained classifier to a MACs (or params, or latency) budget, in one call.
+
+    ``settings`` are the fields of ``ibprune.config.CompressConfig`` (its defaults and checks; an unknown one
+    is refused, naming it), e.g. ``macs=0.5, finetune_epochs=5.0``.
 
     Gates are trained for up to ``gate_epochs`` on ``task loss + beta * weighted KL`` (``beta`` follows the
     budget unless given), the least informative channels are removed until the counted budget holds, the slim
@@ -120,16 +97,17 @@ def compress(
     ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
     (a digits CNN at half its MACs ran 1.5x *slower* in onnxruntime unrounded); ``round_to=1`` for exact widths.
     """
-    metric, target = budget_of(macs, params, latency)
-    torch.manual_seed(seed)
-    dev = pick_device(device)
-    log = print if verbose else (lambda *a, **k: None)
+    cfg = CompressConfig.from_keywords(settings)
+    metric, target = cfg.budget()
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    log = _LOG.info if verbose else (lambda *a, **k: None)
 
     original = model
-    given = isinstance(distill, nn.Module)
-    teacher = copy.deepcopy(distill).eval() if given else None
-    distill_name = "teacher" if given else ("adapted" if adapt_epochs and distill else "original" if distill
-                                             else None)
+    given = isinstance(cfg.distill, nn.Module)
+    teacher = copy.deepcopy(cfg.distill).eval() if given else None
+    distill_name = "teacher" if given else ("adapted" if cfg.adapt_epochs and cfg.distill
+                                            else "original" if cfg.distill else None)
     work = copy.deepcopy(model).to(dev)
     rewrite(work)  # attention heads, channel shuffles: exposed to pruning, same function
     if example_input is None:
@@ -138,21 +116,21 @@ def compress(
     classes = check_inputs(work, train_loader, example_input)
     if teacher is not None:
         _check_teacher(teacher.to(dev), classes, example_input)
-    if criterion != "ib":
-        gate_epochs = 0.0
-    adapt_epochs = check_adapt_epochs(adapt_epochs)
-    settings = {"budget": {metric: target}, "gate_epochs": gate_epochs, "finetune_epochs": finetune_epochs,
-                "adapt_epochs": adapt_epochs,
-                "lr": lr, "gate_lr": gate_lr, "weight_decay": weight_decay, "beta": beta, "distill": distill_name,
-                "round_to": round_to, "criterion": criterion, "rank_per_cost": rank_per_cost, "seed": seed,
+    if cfg.criterion != "ib":  # a criterion ranks without a gate phase
+        cfg = dataclasses.replace(cfg, gate_epochs=0.0)
+    identity = {"budget": {metric: target}, "gate_epochs": cfg.gate_epochs, "finetune_epochs": cfg.finetune_epochs,
+                "adapt_epochs": cfg.adapt_epochs, "lr": cfg.lr, "gate_lr": cfg.gate_lr,
+                "weight_decay": cfg.weight_decay, "beta": cfg.beta, "distill": distill_name,
+                "round_to": cfg.round_to, "criterion": cfg.criterion, "rank_per_cost": cfg.rank_per_cost,
+                "seed": cfg.seed,
                 "explored": explored is not None,
                 "train_batches": len(train_loader), "input_shape": list(example_input.shape),
                 "model": {k: list(v.shape) for k, v in work.state_dict().items()}}
-    ckpt = Checkpoints(Path(out_dir) / "checkpoints" if out_dir is not None else None, settings, resume)
+    ckpt = Checkpoints(Path(out_dir) / "checkpoints" if out_dir is not None else None, identity, cfg.resume)
 
     t0 = time.perf_counter()
-    adapt_dense(work, train_loader, dev, ckpt, adapt_epochs, lr, weight_decay, verbose)
-    if distill and not given:  # the model pruned: the original, or the original adapted
+    adapt_dense(work, train_loader, dev, ckpt, cfg.adapt_epochs, cfg.lr, cfg.weight_decay, verbose)
+    if cfg.distill and not given:  # the model pruned: the original, or the original adapted
         teacher = copy.deepcopy(work).eval()
     adapt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -163,11 +141,12 @@ def compress(
     cut = target  # the fraction of the cost model's metric to prune to
     stage = ckpt.load("pruned")
     if metric == "latency" and stage is None:  # a MACs target found by timing candidates, kept for a resume
-        meter = LatencyMeter(example_input.cpu(), bench_batch, bench.default_threads(), latency_runs)
+        meter = LatencyMeter(example_input.cpu(), cfg.bench_batch, bench.default_threads(), cfg.latency_runs)
         saved = ckpt.load("latency")
         if saved is None:
             searched = time.perf_counter()
-            timing = macs_for_latency(work, example_input, groups, cost_model, target, meter, round_to=round_to)
+            timing = macs_for_latency(work, example_input, groups, cost_model, target, meter,
+                                      round_to=cfg.round_to)
             timing.seconds = time.perf_counter() - searched
             t0 += timing.seconds  # the gate phase's time leaves the search out
         else:  # resumed: later timings are ratios to this run's timing of the original
@@ -176,7 +155,7 @@ def compress(
         ckpt.save("latency", asdict(timing))
         cut = timing.macs
         log(f"[ibprune] latency budget {target:.3f} of {timing.original_ms:.3g} ms (onnxruntime, batch "
-            f"{bench_batch}, {meter.threads} thread(s)): pruning to {cut:.3f} of the MACs")
+            f"{cfg.bench_batch}, {meter.threads} thread(s)): pruning to {cut:.3f} of the MACs")
 
     def accuracy(net: nn.Module) -> float | None:
         return evaluate(net, val_loader, dev) if val_loader is not None else None
@@ -188,20 +167,21 @@ def compress(
         stage = ckpt.load("gates")
         first = None  # the model as given, and (adapt_epochs) as adapted: before any gate is attached
         if stage is None:
-            first = {"original": accuracy(copy.deepcopy(original)), "adapted": accuracy(work)} if adapt_epochs \
+            first = {"original": accuracy(copy.deepcopy(original)), "adapted": accuracy(work)} if cfg.adapt_epochs \
                 else {"original": accuracy(work)}
         importance = None  # a criterion's scores, taken before any gate is attached
-        if stage is None and criterion != "ib":
-            importance = criterion_scores(work, example_input, groups, criterion, train_loader, dev)
+        if stage is None and cfg.criterion != "ib":
+            importance = criterion_scores(work, example_input, groups, cfg.criterion, train_loader, dev)
         gates = GateSet(groups).to(dev).attach(work)
         preflight(work, gates, groups, example_input)  # an unprunable model fails here, before any training
         if stage is None:
             stage = _gate_stage(work, gates, cost_model, train_loader, dev, cut, importance, explored,
-                                gate_epochs=gate_epochs, beta=beta, lr=lr, gate_lr=gate_lr,
-                                weight_decay=weight_decay, round_to=round_to, per_cost=rank_per_cost,
+                                gate_epochs=cfg.gate_epochs, beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr,
+                                weight_decay=cfg.weight_decay, round_to=cfg.round_to, per_cost=cfg.rank_per_cost,
                                 verbose=verbose)
             stage["accuracy"] = {**first, "gated": accuracy(work)}
-            stage["timings"] = {**({"adapt": adapt_s} if adapt_epochs else {}), "gates": time.perf_counter() - t0}
+            stage["timings"] = {**({"adapt": adapt_s} if cfg.adapt_epochs else {}),
+                                "gates": time.perf_counter() - t0}
             stage["rng"] = rng_state(train_loader)
             ckpt.save("gates", stage)
         else:
@@ -213,9 +193,9 @@ def compress(
         t0 = time.perf_counter()
 
         def prune(fraction: float):
-            return prune_to_budget(work, gates, groups, example_input, cost_model, fraction, round_to,
-                                   importance=stage["information"] if criterion != "ib" else None,
-                                   per_cost=rank_per_cost)
+            return prune_to_budget(work, gates, groups, example_input, cost_model, fraction, cfg.round_to,
+                                   importance=stage["information"] if cfg.criterion != "ib" else None,
+                                   per_cost=cfg.rank_per_cost)
 
         pruned = prune(cut) if timing is None else meet_latency(prune, meter, timing)
         gates.detach()
@@ -238,16 +218,17 @@ def compress(
     notes = []
     if metric != "latency" and stage["fraction"] < target - 0.03:
         notes.append(f"achieved {metric} {stage['fraction']:.3f} is more than 0.03 below the budget {target:.3f}: "
-                     f"the channel widths (round_to={round_to}) allow no closer fit")
+                     f"the channel widths (round_to={cfg.round_to}) allow no closer fit")
     log(f"[ibprune] pruned to {stage['fraction']:.3f} of the original {cost_model.metric} "
         f"(function check max diff {stage['max_abs_diff']:.2g}); accuracy {_fmt(acc)}")
 
     t0 = time.perf_counter()
     gate_report = stage["gate_report"]  # steps the gate phase did not need go to the fine-tune
-    finetune_steps = (steps_for(finetune_epochs, train_loader)
+    finetune_steps = (steps_for(cfg.finetune_epochs, train_loader)
                       + gate_report.get("steps_planned", gate_report["steps"]) - gate_report["steps"])
     tuned = fit(slim, train_loader, finetune_steps, dev,
-                SGDConfig(lr=lr, weight_decay=weight_decay), teacher=teacher, desc="finetune", verbose=verbose,
+                SGDConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), teacher=teacher, desc="finetune",
+                verbose=verbose,
                 checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
     slim.eval()
     acc["finetuned"] = accuracy(slim)
@@ -257,23 +238,23 @@ def compress(
                      "continued at half the learning rate")
 
     robust = None
-    if robustness_eps is not None and val_loader is not None:
+    if cfg.robustness_eps is not None and val_loader is not None:
         t0 = time.perf_counter()
         robust = adversarial_accuracy({"original": copy.deepcopy(original).to(dev), "compressed": slim},
-                                      val_loader, dev, robustness_eps)
+                                      val_loader, dev, cfg.robustness_eps)
         timings["robustness"] = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(out_dir) if out_dir is not None else Path(scratch)
         paths, entries, diffs = _export_and_benchmark(original, slim, example_input, folder, acc, timings,
-                                                      (1, bench_batch), latency_runs)
+                                                      (1, cfg.bench_batch), cfg.latency_runs)
         information = stage["information"]
         rep = {
             "schema": 1,
             "target": {metric: target},
             "original": entries["original"],
             "compressed": entries["compressed"],
-            "achieved": _achieved(entries, orig_macs, orig_params, bench_batch),
+            "achieved": _achieved(entries, orig_macs, orig_params, cfg.bench_batch),
             "onnx": {"path": str(paths["compressed"]) if out_dir is not None else None,
                      "original_path": str(paths["original"]) if out_dir is not None else None,
                      "max_abs_diff": diffs["compressed"], "original_max_abs_diff": diffs["original"],
@@ -281,11 +262,12 @@ def compress(
             "pruned_channels": {g.name: {"kept": g.size - len(removed.get(g.name, [])), "total": g.size,
                                          "unit": g.unit} for g in groups},
             "accuracy": acc,
-            "criterion": criterion, "rank_per_cost": rank_per_cost,
-            "gates": dict(stage["gate_report"], epochs=gate_epochs, beta_given=beta is not None,
+            "criterion": cfg.criterion, "rank_per_cost": cfg.rank_per_cost,
+            "gates": dict(stage["gate_report"], epochs=cfg.gate_epochs, beta_given=cfg.beta is not None,
                           information_nats={g.name: float(information[g.name].sum()) for g in groups}
-                          if criterion == "ib" else None),
-            "finetune": {"epochs": finetune_epochs, "steps": finetune_steps, "distill": distill_name, "lr": lr,
+                          if cfg.criterion == "ib" else None),
+            "finetune": {"epochs": cfg.finetune_epochs, "steps": finetune_steps, "distill": distill_name,
+                         "lr": cfg.lr,
                          "nan_recoveries": tuned["nan_recoveries"]},
             "robustness": robust,
             "latency_budget": stage.get("latency"),
@@ -300,13 +282,13 @@ def compress(
                          f"the original's latency, over the budget {target:.3f}: timing noise on a busy machine, "
                          "or no narrower network met it (see latency_budget)")
         if out_dir is not None:
-            unit = "nats" if criterion == "ib" else f"{criterion} importance"
+            unit = "nats" if cfg.criterion == "ib" else f"{cfg.criterion} importance"
             position = {name: i for i, (name, _) in enumerate(original.named_modules())}
             prof = info_picture.profile({n: information[n] for n in sorted(information, key=position.get)},
                                         removed, unit)
             write_json(folder / "information.json", prof)
             info_picture.plot(prof, folder / "information.png",
-                              "Information per channel" if criterion == "ib" else f"{criterion} importance")
+                              "Information per channel" if cfg.criterion == "ib" else f"{cfg.criterion} importance")
             rep["information"] = {"unit": unit, "json": "information.json", "plot": "information.png"}
             report.write(folder, rep)
             save_compressed(folder / "compressed.pt", slim, removed, example_input)
@@ -327,13 +309,6 @@ def _check_teacher(teacher: nn.Module, classes: int, example_input: torch.Tensor
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"distill: the teacher's output has shape {shape}, the model's "
                          f"{(len(example_input), classes)}: distillation needs the same outputs")
-
-
-def check_adapt_epochs(epochs) -> float:
-    """``adapt_epochs`` as a float, or an ``InputError`` naming the bad value."""
-    if not isinstance(epochs, (int, float)) or epochs < 0:
-        raise InputError(f"adapt_epochs must be a number of epochs >= 0, got {epochs!r}")
-    return float(epochs)
 
 
 def adapt_dense(model: nn.Module, loader, device: torch.device, ckpt: Checkpoints, epochs: float, lr: float,

@@ -9,7 +9,8 @@ of width ``num_heads * head_dim``, an ``attend`` module for the per-head softmax
 * a head's gate sits at ``out_proj``'s input (its ``head_dim`` channels share one gate), like every other gate;
 * removing head ``h`` deletes its rows of ``q``, ``k``, ``v`` and its columns of ``out_proj``, exactly what
   the gated network computes with that gate shut, and lowers ``num_heads``;
-* the attention matmuls are counted by torch-pruning's MACs counter (``attend`` registers a counter).
+* the attention matmuls are counted by torch-pruning's MACs counter (``ibprune.costs`` lends it a counter
+  for ``Attend`` while it counts).
 
 torchvision's Swin attention has the same problem (it calls its projections' weights functionally), and
 MaxViT's packs q/k/v in one projection (``GridAttention`` is its equivalent):
@@ -59,8 +60,6 @@ def _count_attend(module: Attend, inputs: tuple, output) -> None:
     k_len, d_v = k.shape[-2], v.shape[-1]
     module.__flops__ += int(batch * heads * (q_len * d + q_len * k_len * (d + 1 + d_v)))
 
-
-tp.utils.op_counter.MODULES_MAPPING[Attend] = _count_attend
 
 
 class HeadAttention(nn.Module):

@@ -8,11 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibprune.errors import IbpruneError
-
-
-class CheckpointError(IbpruneError):
-    """A weights file is missing, unreadable, or does not fit the model."""
+from ibprune.errors import CheckpointError
 
 
 def _load_plain(path: str | os.PathLike, what: str, trust: bool = False):
@@ -30,8 +26,8 @@ def _load_plain(path: str | os.PathLike, what: str, trust: bool = False):
         if "Weights only load failed" in str(err) and "Unsupported global" in str(err):
             raise CheckpointError(
                 f"{path} holds pickled code (e.g. a whole model object), which is not loaded by default because "
-                f"unpickling can run arbitrary code; if you trust the file's source, pass trust_checkpoint=True "
-                f"(CLI: --trust-checkpoint)") from None
+                f"unpickling can run arbitrary code; if you trust the file's source, pass trust_checkpoint=True",
+                settings=("trust_checkpoint",)) from None
         raise CheckpointError(f"{path} is not a loadable PyTorch checkpoint: {str(err).splitlines()[0]}") from None
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import traceback
 
+from ibprune.config import settings_fields
 from ibprune.recipe import Job
 
 EXAMPLES = """examples:
@@ -38,37 +40,28 @@ def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> Non
                         "train/ + test/ class folders; decoded once, cached); or an ImageFolder root with train/ "
                         "and val/ (or test/)")
     c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--workers", type=int, default=2, help="data loader processes")
+    job = {f.name: f for f in dataclasses.fields(Job)}
+    c.add_argument("--batch-size", type=int, default=job["batch_size"].default)
+    c.add_argument("--workers", type=int, default=job["workers"].default, help="data loader processes")
     budget = c.add_mutually_exclusive_group(required=True)
     budget.add_argument("--macs", type=budget_type, help=budget_help.format("MACs"))
     budget.add_argument("--params", type=budget_type, help=budget_help.format("parameters"))
     if budget_type is float:  # a sweep runs over MACs or params budgets only
-        budget.add_argument("--latency", type=float,
-                            help="keep at most this fraction of the original's onnxruntime CPU latency at "
-                                 "--bench-batch, measured on this machine, e.g. 0.6")
-    c.add_argument("--gate-epochs", type=float, default=1.0, help="epochs of gate training (fractions allowed)")
-    c.add_argument("--finetune-epochs", type=float, default=5.0, help="epochs of fine-tuning after pruning")
-    c.add_argument("--adapt-epochs", type=float, default=0.0,
-                   help="first fine-tune the dense model this long (a model trained on other data than yours)")
-    c.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate of the weights")
-    c.add_argument("--gate-lr", type=float, default=0.02, help="Adam learning rate of the gates")
-    c.add_argument("--beta", type=float, help="fixed IB weight (default: set automatically from the budget)")
-    c.add_argument("--distill", action="store_true",
-                   help="fine-tune with distillation from the original (adapted, with --adapt-epochs)")
-    c.add_argument("--round-to", type=int, default=8,
-                   help="keep channel counts a multiple of this (default 8: fast kernels); 1 for exact widths")
-    c.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--bench-batch", type=int, default=32, help="the larger batch size of the latency benchmark")
-    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per latency measurement")
-    c.add_argument("--robustness-eps", type=float,
-                   help="add FGSM/PGD accuracy of both models at this L-inf size (in input-std units, e.g. 0.03) "
-                        "to the report")
+        budget.add_argument("--latency", type=float, help=job["latency"].metadata["help"])
+    for f in settings_fields():  # the training and output settings: one flag per CompressConfig field
+        if f.metadata["section"] != "budget":
+            _setting_flag(c, f)
     c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from the checkpoints in --out/checkpoints")
 
+
+def _setting_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    """``--name-with-dashes`` for one ``CompressConfig`` field: its help, kind and default."""
+    flag, kind, help = "--" + f.name.replace("_", "-"), f.metadata["kind"], f.metadata["help"]
+    if kind is bool:
+        parser.add_argument(flag, action="store_true", default=f.default, help=help)
+    else:
+        shown = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(flag, type=kind, default=f.default, help=help + shown)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,10 +101,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of each line (a test may replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stdout(quiet: bool) -> None:
+    """The library logs to ``logging.getLogger("ibprune")``; the command shows its lines (``--quiet``: warnings
+    only) on standard output, once however often ``main`` runs in a process."""
+    logger = logging.getLogger("ibprune")
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ibprune`` console script."""
     args = _parser().parse_args(argv)
     verbose = not args.quiet
+    _log_to_stdout(args.quiet)
     try:
         if args.command == "demo":
             from ibprune.demo import DEMO
@@ -139,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one line for the user; --debug for the traceback
         if args.debug:
             traceback.print_exc()
-        print(f"ibprune: error: {err}", file=sys.stderr)
+        flags = ", ".join("--" + s.replace("_", "-") for s in getattr(err, "settings", ()))
+        print(f"ibprune: error: {err}" + (f" (flag: {flags})" if flags else ""), file=sys.stderr)
         return 1
 
 

@@ -11,15 +11,32 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from ibprune.attention import Attend, split_heads, splittable
+from ibprune.attention import Attend, _count_attend, split_heads, splittable
 from ibprune.groups import ChannelGroup, evaluating, is_depthwise
+
+
+@contextmanager
+def attention_counted() -> Iterator[None]:
+    """torch-pruning's counter counts the attention matmuls (``Attend``) inside the block, and is left as it was
+    after it: nothing registers with torch-pruning when ibprune is imported."""
+    mapping = tp.utils.op_counter.MODULES_MAPPING
+    before = mapping.get(Attend)
+    mapping[Attend] = _count_attend
+    try:
+        yield
+    finally:
+        if before is None:
+            del mapping[Attend]
+        else:
+            mapping[Attend] = before
 
 
 def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -32,7 +49,7 @@ def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     if splittable(model):
         model = copy.deepcopy(model)
         split_heads(model)
-    with evaluating(model):
+    with evaluating(model), attention_counted():
         macs, params = tp.utils.count_ops_and_params(model, example_input)
     return int(macs), int(params)
 
@@ -53,7 +70,7 @@ class CostModel:
                  metric: str = "macs") -> None:
         if metric not in ("macs", "params"):
             raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
-        with evaluating(model):
+        with evaluating(model), attention_counted():
             macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
                 model, example_input, layer_wise=True)
         per_layer = layer_macs if metric == "macs" else layer_params

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ibprune.attention import HeadAttention
+from ibprune.config import CompressConfig
 from ibprune.costs import CostModel, count
 from ibprune.export import check_parity, export_onnx
 from ibprune.gates import GateSet
@@ -25,7 +26,8 @@ from ibprune.train import recalibrate_bn
 from ibprune.verify import sensitivity
 
 
-def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6, round_to: int | None = 8,
+def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6,
+                round_to: int | None = CompressConfig.round_to,
                 seed: int = 0, margin: bool = False) -> dict:
     """Prune a copy of ``model`` to ``macs`` without training and verify it; returns what was measured.
 

@@ -2,7 +2,14 @@
 
 
 class IbpruneError(Exception):
-    """Base class of every error ibprune raises on purpose."""
+    """Base class of every error ibprune raises on purpose.
+
+    ``settings``: the settings (their Python names, e.g. ``"resume"``) that act on it; the library's message
+    names them as keywords, the CLI adds the flags."""
+
+    def __init__(self, *args, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.settings = tuple(settings)
 
 
 class UnsupportedModelError(IbpruneError):
@@ -34,3 +41,11 @@ class ExportMismatchError(IbpruneError):
 
 class InputError(IbpruneError):
     """The model, its example input or the data do not fit together."""
+
+
+class CheckpointError(IbpruneError):
+    """A weights file is missing, unreadable, or does not fit the model."""
+
+
+class RecipeError(IbpruneError):
+    """A pipeline recipe is malformed."""

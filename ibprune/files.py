@@ -38,10 +38,11 @@ def write_json(path: str | os.PathLike, data) -> Path:
 
 
 def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> Path:
-    """Atomically save a matplotlib figure as PNG and close it."""
-    import matplotlib.pyplot as plt
-
+    """Atomically save a matplotlib figure as PNG; one made by pyplot (a benchmark's) is closed."""
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    if fig.canvas.manager is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return Path(path)

@@ -28,9 +28,15 @@ from ibprune import shuffle
 from ibprune.attention import HeadAttention
 from ibprune.errors import UnsupportedModelError
 
-# torch-pruning's shape inference warns once per reshape it cannot follow, thousands of times on windowed
-# attention (Swin), at every group search; the function check catches what it gets wrong, so the warning is noise
-warnings.filterwarnings("ignore", message="Maximum recursive depth reached", module="torch_pruning")
+
+@contextmanager
+def _quiet_shape_inference() -> Iterator[None]:
+    """torch-pruning's shape inference warns once per reshape it cannot follow, thousands of times on windowed
+    attention (Swin), at every group search; the function check catches what it gets wrong, so inside the
+    search that warning is noise (and only there: no process-wide filter)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        yield
 
 #: Layers that read channels and mix them: a zeroed input channel contributes exactly nothing to their output,
 #: so a gate on their input is removed exactly by deleting that input channel.
@@ -105,7 +111,7 @@ def classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` traced on ``example_input``."""
-    with torch.enable_grad(), evaluating(model):
+    with torch.enable_grad(), evaluating(model), _quiet_shape_inference():
         try:
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False,
                                                          customized_pruners=shuffle.PRUNERS)
@@ -178,7 +184,8 @@ def find_groups(
     with _time_limit(GRAPH_TIME_LIMIT_S, "torch-pruning's channel-group search"):
         graph = graph or build_graph(model, example_input)
         normed = [m for m in graph.module2node if isinstance(m, MIXING) and m not in ignored and _feeds_norm(graph, m)]
-        found = list(graph.get_all_groups(ignored_layers=ignored + normed, root_module_types=MIXING))
+        with _quiet_shape_inference():
+            found = list(graph.get_all_groups(ignored_layers=ignored + normed, root_module_types=MIXING))
     groups: list[ChannelGroup] = []
     skipped, shuffled, normed = [], [], [names[m] for m in normed]
     for g in found:

@@ -34,10 +34,8 @@ def profile(information: dict[str, torch.Tensor], removed: dict[str, list[int]],
 def plot(prof: dict, path: str | Path, title: str = "Information per channel") -> Path:
     """One heat strip per group (rows in network order), channels sorted left to right; x marks removed ones."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: a report never switches the caller's backend
 
     groups = prof["groups"]
     names = list(groups)
@@ -47,7 +45,8 @@ def plot(prof: dict, path: str | Path, title: str = "Information per channel") -
         vals = [c["value"] for c in groups[name]["per_channel"]]
         grid[r, :len(vals)] = vals
     fig_h = 1.2 + 0.32 * max(1, len(names))
-    fig, ax = plt.subplots(figsize=(min(14.0, 4.0 + 0.06 * width), fig_h))
+    fig = Figure(figsize=(min(14.0, 4.0 + 0.06 * width), fig_h))
+    ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     im = ax.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest")
     for r, name in enumerate(names):

@@ -116,10 +116,9 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 
 
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
-                steps: int, *, beta: float | None = None, lr: float = 0.01, gate_lr: float = 0.02,
-                weight_decay: float = 5e-4, round_to: int | None = None, per_cost: bool = False,
-                explore: float = 0.5, on_step: Callable[[int, GatePressure], None] | None = None,
-                verbose: bool = True) -> GatePressure:
+                steps: int, *, lr: float, gate_lr: float, weight_decay: float, beta: float | None = None,
+                round_to: int | None = None, per_cost: bool = False, explore: float = 0.5,
+                on_step: Callable[[int, GatePressure], None] | None = None, verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:

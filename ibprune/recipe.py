@@ -7,16 +7,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibprune.errors import BudgetError, IbpruneError
+from ibprune.config import CompressConfig, _setting, settings_fields
+from ibprune.errors import BudgetError, RecipeError
 
 
-class RecipeError(IbpruneError):
-    """A pipeline recipe is malformed."""
-
-
-@dataclass
-class Job:
-    """Everything ``ibprune compress`` needs. Field names are the CLI flags and the recipe keys."""
+@dataclass(kw_only=True)
+class Job(CompressConfig):
+    """Everything ``ibprune compress`` needs: a model, data and an output folder, and the ``CompressConfig``
+    settings (whose defaults it inherits). Field names are the CLI flags and the recipe keys."""
 
     model: str
     data: str
@@ -27,34 +25,23 @@ class Job:
     input_size: int | None = None
     batch_size: int = 64
     workers: int = 2
-    macs: float | list[float] | None = None      # a list: a sweep over those budgets
-    params: float | list[float] | None = None
-    latency: float | None = None                 # fraction of the original's onnxruntime latency
-    gate_epochs: float = 1.0
-    finetune_epochs: float = 5.0
-    adapt_epochs: float = 0.0                    # fine-tune the dense model first (trained on other data)
-    lr: float = 0.01
-    gate_lr: float = 0.02
-    beta: float | None = None
-    distill: bool = False
-    round_to: int | None = 8
-    device: str = "auto"
-    seed: int = 0
-    bench_batch: int = 32
-    latency_runs: int = 50
-    robustness_eps: float | None = None
-    resume: bool = False
+    macs: float | list[float] | None = _setting(None, "keep at most this fraction of the MACs (a list: a sweep)",
+                                                "budget", float)
+    params: float | list[float] | None = _setting(None, "keep at most this fraction of the parameters (a list: "
+                                                        "a sweep)", "budget", float)
+
+    def settings(self) -> dict:
+        """The ``compress`` keywords this job sets (its ``CompressConfig`` fields)."""
+        return {f.name: getattr(self, f.name) for f in settings_fields()}
 
 
 #: recipe section -> the Job fields it may hold
 SECTIONS = {
     "model": ("model", "weights", "num_classes", "trust_checkpoint"),
     "data": ("data", "input_size", "batch_size", "workers"),
-    "budget": ("macs", "params", "latency"),
-    "train": ("adapt_epochs", "gate_epochs", "finetune_epochs", "lr", "gate_lr", "beta", "distill", "round_to",
-              "device", "seed"),
-    "output": ("out", "bench_batch", "latency_runs", "robustness_eps"),
+    **{section: tuple(f.name for f in settings_fields(section)) for section in ("budget", "train", "output")},
 }
+SECTIONS["output"] = ("out", *SECTIONS["output"])
 _ALIASES = {("model", "spec"): "model", ("data", "source"): "data", ("output", "dir"): "out"}
 
 
@@ -68,7 +55,8 @@ def load_recipe(path: str | Path) -> Job:
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{path}: malformed TOML: {err}") from None
     values: dict = {}
-    types = {f.name: f.type for f in dataclasses.fields(Job)}
+    types = {f.name: f.metadata["kind"].__name__ + (" list[float]" if "list" in str(f.type) else "")
+             if "kind" in f.metadata else str(f.type) for f in dataclasses.fields(Job)}
     for section, table in doc.items():
         if section not in SECTIONS:
             raise RecipeError(f"{path}: unknown section [{section}] (expected: {', '.join(SECTIONS)})")
@@ -116,8 +104,9 @@ def _check_type(path: Path, section: str, key: str, value, annotation: str):
 
 def run_job(job: Job, verbose: bool = True):
     """Build the model and data a job names, then ``compress`` them; returns the ``CompressResult``."""
-    from ibprune.api import budget_of, compress
+    from ibprune.api import compress
     from ibprune.checkpoint import load_weights
+    from ibprune.config import budget_of
     from ibprune.data import digits_loaders, image_folder_loaders
     from ibprune.models import build
     from ibprune.sweep import sweep_budgets
@@ -144,21 +133,16 @@ def run_job(job: Job, verbose: bool = True):
         if not Path(job.data).is_dir():
             raise FileNotFoundError(f"data folder not found: {job.data} (give a folder or 'digits')")
         if job.input_size is None:
-            raise RecipeError("input_size is required for an image folder (e.g. --input-size 224)")
+            raise RecipeError("input_size is required for an image folder (e.g. input_size = 224)",
+                              settings=("input_size",))
         train, val = image_folder_loaders(job.data, job.input_size, job.batch_size, job.workers, job.seed)
+    settings = job.settings()
     if sweep:
         from ibprune.sweep import compress_sweep
 
-        return compress_sweep(model, train, val, budgets=job.macs or job.params,
-                              metric="macs" if job.macs else "params", gate_epochs=job.gate_epochs,
-                              finetune_epochs=job.finetune_epochs, adapt_epochs=job.adapt_epochs, out_dir=job.out,
-                              lr=job.lr, gate_lr=job.gate_lr, beta=job.beta, distill=job.distill,
-                              round_to=job.round_to, device=job.device,
-                              seed=job.seed, bench_batch=job.bench_batch, latency_runs=job.latency_runs,
-                              resume=job.resume, robustness_eps=job.robustness_eps, verbose=verbose)
-    return compress(model, train, val, macs=job.macs, params=job.params, latency=job.latency,
-                    gate_epochs=job.gate_epochs, adapt_epochs=job.adapt_epochs,
-                    finetune_epochs=job.finetune_epochs, out_dir=job.out, lr=job.lr, gate_lr=job.gate_lr,
-                    beta=job.beta, distill=job.distill, round_to=job.round_to, device=job.device, seed=job.seed,
-                    bench_batch=job.bench_batch, latency_runs=job.latency_runs, resume=job.resume,
-                    robustness_eps=job.robustness_eps, verbose=verbose)
+        budgets = job.macs if isinstance(job.macs, list) else job.params
+        for budget in ("macs", "params", "latency"):
+            del settings[budget]
+        return compress_sweep(model, train, val, budgets=budgets, metric="macs" if job.macs else "params",
+                              out_dir=job.out, verbose=verbose, **settings)
+    return compress(model, train, val, out_dir=job.out, verbose=verbose, **settings)

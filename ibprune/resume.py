@@ -62,7 +62,7 @@ class Checkpoints:
         if saved.is_file():
             if not resume:
                 raise InputError(f"{self.folder} holds the checkpoints of an interrupted run: resume it with "
-                                 f"resume=True (--resume), or delete that folder to start over")
+                                 f"resume=True, or delete that folder to start over", settings=("resume",))
             old = json.loads(saved.read_text())
             changed = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
                        if old.get(k) != settings.get(k)]

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibprune.api import CompressResult, adapt_dense, budget_of, check_adapt_epochs, compress
+from ibprune.api import CompressResult, adapt_dense, compress
 from ibprune.checks import check_inputs, first_batch
+from ibprune.config import CompressConfig, budget_of
 from ibprune.costs import CostModel
 from ibprune.errors import BudgetError
 from ibprune.files import write_figure, write_json, write_text
@@ -50,64 +51,57 @@ def compress_sweep(
     metric: str = "macs",
     out_dir: str | Path,
     example_input: torch.Tensor | None = None,
-    gate_epochs: float = 1.0,
-    finetune_epochs: float = 5.0,
-    adapt_epochs: float = 0.0,
-    resume: bool = False,
-    lr: float = 0.01,
-    gate_lr: float = 0.02,
-    beta: float | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
+    ignored_layers: list[nn.Module] | None = None,
     verbose: bool = True,
-    **compress_kwargs,
+    **settings,
 ) -> SweepResult:
     """Compress ``model`` to each of ``budgets`` (fractions of its ``metric``: "macs" or "params").
 
     Each budget gets what ``compress(..., gate_epochs=gate_epochs)`` gives it, except that the explore half of
     the gate phase is run once and shared. Writes ``<out>/<metric><budget>/`` (the usual outputs per budget)
     and ``sweep.json``, ``sweep.md``, ``sweep.png`` (accuracy against size and against ONNX latency).
-    ``resume=True`` keeps finished budgets and the saved explore phase. Other keywords go to ``compress``.
+    ``settings`` are ``CompressConfig``'s, as for ``compress``, without a budget of their own.
+    ``resume=True`` keeps finished budgets and the saved explore phase.
     ``adapt_epochs`` fine-tunes the dense model once, first; every budget starts from the adapted model (and,
     with ``distill=True``, learns from it), so the reports' ``original`` is the adapted model.
     """
     budgets = sweep_budgets(metric, budgets)
-    adapt_epochs = check_adapt_epochs(adapt_epochs)
+    cfg = CompressConfig.from_keywords(settings)
+    if any(v is not None for v in (cfg.macs, cfg.params, cfg.latency)):
+        raise BudgetError("a sweep's budgets are given as budgets=[...], not as macs=, params= or latency=")
     out = Path(out_dir)
-    torch.manual_seed(seed)
-    dev = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
-    settings = {"metric": metric, "adapt_epochs": adapt_epochs, "gate_epochs": gate_epochs, "lr": lr,
-                "gate_lr": gate_lr, "beta": beta,
-                "seed": seed, "train_batches": len(train_loader),
+    identity = {"metric": metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
+                "gate_lr": cfg.gate_lr, "beta": cfg.beta,
+                "seed": cfg.seed, "train_batches": len(train_loader),
                 "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    ckpt = Checkpoints(out / "checkpoints", settings, resume)
+    ckpt = Checkpoints(out / "checkpoints", identity, cfg.resume)
 
     def folder(b: float) -> Path:
         return out / f"{metric}{b:.2f}"
 
-    pending = [b for b in budgets if not (resume and (folder(b) / "report.json").is_file())]
-    if pending and adapt_epochs:
+    pending = [b for b in budgets if not (cfg.resume and (folder(b) / "report.json").is_file())]
+    if pending and cfg.adapt_epochs:
         model = copy.deepcopy(model).to(dev)
-        adapt_dense(model, train_loader, dev, ckpt, adapt_epochs, lr, compress_kwargs.get("weight_decay", 5e-4),
-                    verbose)
+        adapt_dense(model, train_loader, dev, ckpt, cfg.adapt_epochs, cfg.lr, cfg.weight_decay, verbose)
     explored = ckpt.load("gates") if pending else None
     if pending and explored is None:
         t0 = time.perf_counter()
         work = copy.deepcopy(model).to(dev)
         rewrite(work)
         check_inputs(work, train_loader, example_input)
-        _, groups = find_groups(work, example_input, compress_kwargs.get("ignored_layers"))
+        _, groups = find_groups(work, example_input, ignored_layers)
         cost_model = CostModel(work, example_input, groups, metric)
         gates = GateSet(groups).to(dev).attach(work)
         preflight(work, gates, groups, example_input)
         trained = time.perf_counter()
         pressure = train_gates(work, gates, cost_model, train_loader, dev, budgets[0],
-                               steps_for(gate_epochs / 2, train_loader), beta=beta, lr=lr, gate_lr=gate_lr,
-                               weight_decay=compress_kwargs.get("weight_decay", 5e-4), explore=1.0,
-                               verbose=verbose)
+                               steps_for(cfg.gate_epochs / 2, train_loader), beta=cfg.beta, lr=cfg.lr,
+                               gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay, explore=1.0, verbose=verbose)
         gates.detach()
         explored = {"model": work.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
         ckpt.save("gates", explored)
@@ -118,10 +112,10 @@ def compress_sweep(
     results: dict[float, CompressResult] = {}
     for b in budgets:
         if b in pending:
-            results[b] = compress(model, train_loader, val_loader, example_input=example_input, **{metric: b},
-                                  gate_epochs=gate_epochs / 2, finetune_epochs=finetune_epochs, out_dir=folder(b),
-                                  resume=resume, lr=lr, gate_lr=gate_lr, beta=beta, device=dev, seed=seed,
-                                  explored=explored, verbose=verbose, **compress_kwargs)
+            results[b] = compress(model, train_loader, val_loader, example_input=example_input, out_dir=folder(b),
+                                  ignored_layers=ignored_layers, explored=explored, verbose=verbose,
+                                  **{**settings, metric: b, "gate_epochs": cfg.gate_epochs / 2, "adapt_epochs": 0.0,
+                                     "device": dev})
         else:
             results[b] = CompressResult(None, json.loads((folder(b) / "report.json").read_text()), {}, {})
     points = [_point(b, folder(b), results[b].report) for b in budgets]
@@ -197,16 +191,14 @@ def markdown(summary: dict) -> str:
 
 def plot(summary: dict, path: str | Path) -> Path:
     """Accuracy against MACs kept and against measured ONNX latency; original starred, each point labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a report never switches the caller's backend
 
     o, pts = summary["original"], summary["points"]
     key = _latency_key(o)
     if o["accuracy"] is None:
         raise ValueError("a sweep plot needs accuracies: pass a val_loader")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, x_of, label in ((axes[0], lambda e, a: a, "MACs kept (fraction of the original)"),
                             (axes[1], lambda e, a: e["latency_ms"][key]["p50"],
                              f"onnxruntime CPU latency p50, {key.replace('_', ' ')} (ms)")):

@@ -33,9 +33,9 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 class SGDConfig:
     """Weights' optimizer: SGD + Nesterov momentum, warm-up then cosine (or constant) learning rate."""
 
-    lr: float = 0.01
+    lr: float
+    weight_decay: float
     momentum: float = 0.9
-    weight_decay: float = 5e-4
     warmup: float = 0.05          # fraction of the steps spent ramping up linearly
     schedule: str = "cosine"      # "cosine" or "constant"
 

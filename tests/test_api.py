@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import ibprune
-from ibprune.api import budget_of
+from ibprune.config import budget_of
 from ibprune.errors import BudgetError, InputError
 
 FAST = {"gate_epochs": 1.0, "finetune_epochs": 1.0, "latency_runs": 3, "bench_batch": 4, "verbose": False}

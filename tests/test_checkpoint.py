@@ -33,7 +33,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_pickled_code_is_refused_unless_trusted(tmp_path):
     net = DigitsNet(width=8)
     torch.save(net, tmp_path / "module.pt")  # a whole module needs unpickling code
-    with pytest.raises(CheckpointError, match="pickled code.*trust_checkpoint=True.*--trust-checkpoint"):
+    with pytest.raises(CheckpointError, match="pickled code.*trust_checkpoint=True$"):
         read_state_dict(tmp_path / "module.pt")
     state = read_state_dict(tmp_path / "module.pt", trust=True)
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())

@@ -96,3 +96,16 @@ def test_an_interrupted_run_is_resumed_only_when_asked(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted run" in err[0] and "--resume" in err[0]
     assert main([*args, "--resume"]) == 1 and "other settings" in capsys.readouterr().err
+
+
+def test_the_library_logs_and_the_command_shows_it_unless_quiet(tmp_path, capsys):
+    import logging
+
+    args = ["compress", "--model", "ibprune.models:DigitsNet", "--num-classes", "10", "--data", "digits",
+            "--macs", "0.6", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    shown = capsys.readouterr().out
+    assert "[ibprune] pruned to" in shown and logging.getLogger("ibprune").level == logging.INFO
+    assert main(["--quiet", *args, "--out", str(tmp_path / "b")]) == 0
+    assert "[ibprune] pruned to" not in capsys.readouterr().out
+    assert len([h for h in logging.getLogger("ibprune").handlers if isinstance(h, logging.StreamHandler)]) == 1

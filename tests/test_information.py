@@ -18,3 +18,13 @@ def test_plot_writes_one_png(tmp_path):
     path = plot(prof, tmp_path / "information.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["information.png"]  # no temporary file left
+
+
+def test_a_report_picture_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import torch; from ibprune.information import plot, profile; "
+            "plot(profile({'a': torch.rand(4)}, {}), 'p.png'); print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg" and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

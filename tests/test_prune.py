@@ -160,3 +160,18 @@ def test_the_budget_is_filled_no_removed_block_fits_back(target):
     for n, idxs in removed.items():  # the group's best-scored removed block: the last to have left
         best = sorted(idxs, key=lambda i: float(score[n][i]))[-8:]
         assert removal_fraction(cost_model, {**removed, n: [i for i in idxs if i not in best]}) > target
+
+
+def test_the_check_computes_in_float64_and_leaves_every_tensor_as_it_was(digits_net):
+    from ibprune.prune import in_float64
+
+    before = {k: v.clone() for k, v in digits_net.state_dict().items()}
+    with in_float64(digits_net):
+        assert all(p.dtype == torch.float64 for p in digits_net.parameters())
+        digits_net(torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    after = digits_net.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    groups, cost_model, gates = _setup(digits_net)
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.5, round_to=1)
+    assert all(p.dtype == torch.float32 for p in (*result.model.parameters(), *gates.parameters()))
+    assert result.check_ratio < 1e-6  # float64 rounding, far below the tolerance

@@ -12,7 +12,7 @@ def test_pick_device():
 def test_fit_learns_and_evaluate_measures(digits_net, random_loader):
     loader = random_loader(n=32, batch=8)
     cpu = torch.device("cpu")
-    before = fit(digits_net, loader, 1, cpu, SGDConfig(lr=0.0), verbose=False)["loss"]
+    before = fit(digits_net, loader, 1, cpu, SGDConfig(lr=0.0, weight_decay=5e-4), verbose=False)["loss"]
     stats = fit(digits_net, loader, 60, cpu, SGDConfig(lr=0.05, weight_decay=0.0), verbose=False)
     assert stats["steps"] == 60 and stats["loss"] < before
     assert evaluate(digits_net, loader, cpu) > 0.5  # memorises 32 random labels
@@ -26,8 +26,8 @@ def test_stop_ends_a_run_early(digits_net, random_loader):
         return len(calls) == 3
 
     saved = []
-    stats = fit(digits_net, random_loader(n=32, batch=8), 10, torch.device("cpu"), SGDConfig(), stop=stop,
-                checkpoint=saved.append, verbose=False)
+    stats = fit(digits_net, random_loader(n=32, batch=8), 10, torch.device("cpu"),
+                SGDConfig(lr=0.01, weight_decay=5e-4), stop=stop, checkpoint=saved.append, verbose=False)
     assert stats["steps"] == 3 and len(calls) == 3
     assert saved[-1]["step"] == 3  # the state where it stopped is checkpointed, as at a normal end
 
@@ -62,7 +62,7 @@ def test_a_nan_loss_that_persists_stops_training(digits_net, random_loader):
     import pytest
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        fit(digits_net, random_loader(), 2, torch.device("cpu"), SGDConfig(),
+        fit(digits_net, random_loader(), 2, torch.device("cpu"), SGDConfig(lr=0.01, weight_decay=5e-4),
             penalty=lambda: torch.tensor(float("nan")), verbose=False)
 
 
