@@ -5,8 +5,9 @@ Every comparison is relative to the compared tensor's own scale, never against a
 whose logits are tiny (a randomly initialised EfficientNet's are about 1e-13) would otherwise pass any prune.
 The check compares the network's output and, because an output can be damped (ConvNeXt's layer scale of 1e-6)
 or hardly depend on its input, also the output of every layer that reads a pruned group, restricted to that
-layer's output channels that survive. ``sensitivity`` measures how large a wrong prune looks to the check: the
-difference that shutting one more channel of a group makes, in units of the tolerance.
+layer's output channels that survive. ``prune`` runs it in float64. ``sensitivity`` measures how large a wrong
+prune looks to the check: the difference that removing a group's neighbouring channels instead of the planned
+ones makes, in units of the tolerance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ibprune.gates import GateSet
 from ibprune.groups import ChannelGroup
 
 #: Relative tolerance of the function check: a compared tensor may differ by this fraction of its largest
-#: magnitude (fp32 reordering of sums, the only difference a correct prune makes, stays near 1e-6).
+#: magnitude. A correct prune only reorders sums (deleting a channel), which in float64 stays far below it; in
+#: float32 a deep residual stream reached 2.3e-4 (ResNet-152, ``benchmarks/results/coverage.md``).
 RTOL = 1e-4
 
 
