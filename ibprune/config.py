@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ibprune.criteria import CRITERIA as BASELINES
 from ibprune.errors import BudgetError, InputError
 
-CRITERIA = ("ib", "l1", "bn", "taylor", "random")
+CRITERIA = ("ib", *BASELINES)  # the gates, or one of torch-pruning's criteria for comparison
 
 
 def _setting(default: Any, help: str, section: str, kind: type | None = None) -> Any:

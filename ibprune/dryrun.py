@@ -28,7 +28,7 @@ from ibprune.verify import sensitivity
 
 def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6,
                 round_to: int | None = CompressConfig.round_to,
-                seed: int = 0, margin: bool = False) -> dict:
+                seed: int = CompressConfig.seed, margin: bool = False) -> dict:
     """Prune a copy of ``model`` to ``macs`` without training and verify it; returns what was measured.
 
     ``model`` is not modified: the check works on a copy made lively (``lively``). Besides what was measured,
