@@ -9,7 +9,6 @@ removed channels shut (``ibprune.verify``), or pruning fails naming the group.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from ibprune.errors import BudgetError, PreflightMismatchError, PruningMismatchE
 from ibprune.gates import GateSet
 from ibprune.groups import ChannelGroup, build_graph, evaluating
 from ibprune.rewrite import rewrite
-from ibprune.verify import RTOL, Agreement, compare, sites, trace, trace_gated
+from ibprune.verify import RTOL, Agreement, compare, full_precision, in_float64, sites, trace, trace_gated
 
 
 @dataclass
@@ -181,34 +180,6 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
             aim -= (fraction - target) + 1e-3
         raise BudgetError(f"could not reach {target:.3f} of the original {cost_model.metric} "
                           f"(last counted {fraction:.3f})")
-
-
-@contextlib.contextmanager
-def in_float64(*modules: nn.Module):
-    """Inside the block the modules compute in float64; after it every tensor has its own dtype again, with its
-    exact value (every float32 is a float64). The function check runs so: float32's reordered sums (deleting a
-    channel changes the order) grow through a deep residual stream (ResNet-152: 2.3e-4 of a layer's scale),
-    while a wrong prune changes what a layer computes by far more than float64's rounding."""
-    saved = [(t, t.dtype) for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
-    for t, _ in saved:
-        t.data = t.data.to(torch.float64)
-    try:
-        yield
-    finally:
-        for t, dtype in saved:
-            t.data = t.data.to(dtype)
-
-
-@contextlib.contextmanager
-def full_precision():
-    """TF32 off inside: CUDA convolutions default to TF32, whose ~1e-3 relative error (the same model run
-    twice with different kernels) would read as a pruning mismatch at ``verify``'s tolerance."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, Agreement]:

@@ -12,6 +12,7 @@ ones makes, in units of the tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -126,17 +127,19 @@ def sensitivity(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], re
     """How large a wrong prune looks to the check, per group with removed channels: the worst ratio between the
     gated model with ``removed`` shut and the same with that group's removed positions moved to their
     neighbours (``i -> (i + 1) mod size``, the wrong channels removed), at that group's readers and the
-    output (where such a prune first shows). Above 1 the check sees it."""
-    reference = trace_gated(model, gates, removed, probe, sites(groups, {g.name: [0] for g in groups}))
-    out = {}
-    for g in groups:
-        gone = sorted(removed.get(g.name, ()))
-        wrong = sorted((i + 1) % g.size for i in gone)
-        if gone and wrong != gone:
-            readers = dict.fromkeys(g.inputs, [])
-            candidate = trace_gated(model, gates, {**removed, g.name: wrong}, probe, readers)
-            mine = Trace(reference.output, {n: t for n, t in reference.layers.items() if n in readers})
-            out[g.name] = compare(mine, candidate, {}).ratio
+    output (where such a prune first shows). Above 1 the check sees it. Computed in float64, as the check is."""
+    with in_float64(model, gates), full_precision():
+        probe = probe.to(torch.float64)
+        reference = trace_gated(model, gates, removed, probe, sites(groups, {g.name: [0] for g in groups}))
+        out = {}
+        for g in groups:
+            gone = sorted(removed.get(g.name, ()))
+            wrong = sorted((i + 1) % g.size for i in gone)
+            if gone and wrong != gone:
+                readers = dict.fromkeys(g.inputs, [])
+                candidate = trace_gated(model, gates, {**removed, g.name: wrong}, probe, readers)
+                mine = Trace(reference.output, {n: t for n, t in reference.layers.items() if n in readers})
+                out[g.name] = compare(mine, candidate, {}).ratio
     return out
 
 
@@ -145,3 +148,31 @@ def trace_gated(model: nn.Module, gates: GateSet, removed: dict[str, list[int]],
     """``trace`` of the gated model with ``removed`` shut."""
     with gates.shut(removed):
         return trace(model, probe, layers)
+
+
+@contextlib.contextmanager
+def in_float64(*modules: nn.Module):
+    """Inside the block the modules compute in float64; after it every tensor has its own dtype again, with its
+    exact value (every float32 is a float64). The function check runs so: float32's reordered sums (deleting a
+    channel changes the order) grow through a deep residual stream (ResNet-152: 2.3e-4 of a layer's scale),
+    while a wrong prune changes what a layer computes by far more than float64's rounding."""
+    saved = [(t, t.dtype) for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    for t, _ in saved:
+        t.data = t.data.to(torch.float64)
+    try:
+        yield
+    finally:
+        for t, dtype in saved:
+            t.data = t.data.to(dtype)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """TF32 off inside: CUDA convolutions default to TF32, whose ~1e-3 relative error (the same model run
+    twice with different kernels) would read as a pruning mismatch at ``verify``'s tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -9,7 +9,8 @@ from ibprune.costs import CostModel, count
 from ibprune.errors import BudgetError, PruningMismatchError
 from ibprune.gates import GateSet
 from ibprune.groups import find_groups
-from ibprune.prune import full_precision, plan_removal, prune_to_budget, remove_channels, scores
+from ibprune.prune import plan_removal, prune_to_budget, remove_channels, scores
+from ibprune.verify import full_precision
 
 X = torch.randn(1, 1, 8, 8)
 
@@ -163,7 +164,7 @@ def test_the_budget_is_filled_no_removed_block_fits_back(target):
 
 
 def test_the_check_computes_in_float64_and_leaves_every_tensor_as_it_was(digits_net):
-    from ibprune.prune import in_float64
+    from ibprune.verify import in_float64
 
     before = {k: v.clone() for k, v in digits_net.state_dict().items()}
     with in_float64(digits_net):
