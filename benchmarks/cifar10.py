@@ -87,17 +87,18 @@ import onnxruntime
 import torch
 
 import ibprune
-from ibprune import bench, export
-from ibprune.checkpoint import load_weights
-from ibprune.cifar import cifar10_loaders, load_cifar10
-from ibprune.config import CompressConfig
-from ibprune.costs import count
+from ibprune.core.costs import count
+from ibprune.core.groups import find_groups
+from ibprune.core.prune import remove_channels
+from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, steps_for
+from ibprune.data.cifar import cifar10_loaders, load_cifar10
 from ibprune.files import atomic_path, write_figure, write_json, write_text
-from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
-from ibprune.prune import remove_channels
-from ibprune.resume import Checkpoints
-from ibprune.train import SGDConfig, evaluate, fit, pick_device, steps_for
+from ibprune.outputs import benchmark as bench
+from ibprune.outputs import onnx as export
+from ibprune.pipeline.checkpoints import Checkpoints
+from ibprune.pipeline.config import CompressConfig
+from ibprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

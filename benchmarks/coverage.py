@@ -35,8 +35,8 @@ def probe(name: str, target: float = 0.6) -> dict:
     import torchvision
 
     import ibprune
-    from ibprune.checks import check_inputs
-    from ibprune.dryrun import check_model
+    from ibprune.pipeline.check import check_model
+    from ibprune.pipeline.inputs import check_inputs
 
     torch.manual_seed(0)
     size = 224 if name.startswith(LARGE_INPUT) else INPUT_SIZE.get(name, 64)
@@ -104,7 +104,7 @@ def cmd_aggregate(args) -> None:
           "gated model, ONNX export and onnxruntime parity. *Check* is the function check's worst difference "
           "over its tolerance (1e-4 of each compared tensor's scale; passes below 1); *margin* is how many "
           "tolerances a wrong prune (one group's removed channels moved to their neighbours) moves it, in the "
-          "group where that is smallest (`ibprune.verify.sensitivity`): above 1 the check sees every group. "
+          "group where that is smallest (`ibprune.core.verify.sensitivity`): above 1 the check sees every group. "
           "Measured on 2 CPU cores (shared with other runs: the seconds are indicative) with "
           "`python benchmarks/coverage.py run` then `aggregate`.", "",
           "Status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" (of {len(cells)}).", "",

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 import ibprune
-from ibprune.bench import default_threads
-from ibprune.data import digits_loaders
+from ibprune.data.loaders import digits_loaders
 from ibprune.demo import DEMO, pretrained_digits_net
 from ibprune.files import write_json, write_text
+from ibprune.outputs.benchmark import default_threads
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -32,16 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibprune.checkpoint import load_weights
-from ibprune.cifar import cifar10_loaders
-from ibprune.costs import CostModel
-from ibprune.criteria import criterion_scores
+from ibprune.core.costs import CostModel
+from ibprune.core.gates import GateSet
+from ibprune.core.groups import find_groups
+from ibprune.core.objective import calibrate_beta
+from ibprune.core.rankers import criterion_scores
+from ibprune.core.train import fit, steps_for
+from ibprune.data.cifar import cifar10_loaders
 from ibprune.files import write_figure, write_json, write_text
-from ibprune.gates import GateSet
-from ibprune.groups import find_groups
 from ibprune.models import cifar_resnet
-from ibprune.objective import calibrate_beta
-from ibprune.train import fit, steps_for
+from ibprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

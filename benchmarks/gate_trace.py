@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from ibprune.cifar import cifar10_loaders
-from ibprune.config import CompressConfig
-from ibprune.costs import CostModel
+from ibprune.core.costs import CostModel
+from ibprune.core.gates import GateSet
+from ibprune.core.groups import find_groups
+from ibprune.core.objective import GatePressure, calibrate_beta, train_gates
+from ibprune.core.train import evaluate, recalibrate_bn, steps_for
+from ibprune.data.cifar import cifar10_loaders
 from ibprune.files import write_figure, write_json, write_text
-from ibprune.gates import GateSet
-from ibprune.groups import find_groups
-from ibprune.objective import GatePressure, calibrate_beta, train_gates
-from ibprune.train import evaluate, recalibrate_bn, steps_for
+from ibprune.pipeline.config import CompressConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar10 import SHARED, pretrained  # noqa: E402  (the criteria benchmark's checkpoints)

@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 
 import ibprune
-from ibprune.bench import default_threads
 from ibprune.errors import BudgetError
 from ibprune.files import write_json, write_text
+from ibprune.outputs.benchmark import default_threads
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def digits(seed: int):
-    from ibprune.data import digits_loaders
+    from ibprune.data.loaders import digits_loaders
     from ibprune.demo import pretrained_digits_net
 
     train, test = digits_loaders(seed=seed)
@@ -39,9 +39,9 @@ def digits(seed: int):
 
 
 def resnet20(seed: int):
-    from ibprune.checkpoint import load_weights
-    from ibprune.cifar import cifar10_loaders
+    from ibprune.data.cifar import cifar10_loaders
     from ibprune.models.cifar_resnet import cifar_resnet20
+    from ibprune.weights import load_weights
 
     train, val, _ = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", 128, torch.device("cpu"), val_size=5000,
                                     seed=seed)

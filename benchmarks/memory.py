@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 import ibprune
-from ibprune.checkpoint import load_weights
-from ibprune.cifar import cifar10_loaders
+from ibprune.core.train import pick_device
+from ibprune.data.cifar import cifar10_loaders
 from ibprune.files import write_json, write_text
 from ibprune.models import cifar_resnet
-from ibprune.train import pick_device
+from ibprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import ibprune
-from ibprune.data import digits_loaders
+from ibprune.data.loaders import digits_loaders
 from ibprune.demo import DEMO, pretrained_digits_net
 from ibprune.files import write_json, write_text
 

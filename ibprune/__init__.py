@@ -1,9 +1,5 @@
 """ibprune: compress a pretrained PyTorch model with information-bottleneck gates and structural pruning."""
 
-from ibprune.api import CompressResult, compress
-from ibprune.checkpoint import load_compressed
-from ibprune.config import CompressConfig
-from ibprune.dryrun import check_model
 from ibprune.errors import (
     BudgetError,
     CheckpointError,
@@ -15,7 +11,11 @@ from ibprune.errors import (
     RecipeError,
     UnsupportedModelError,
 )
-from ibprune.sweep import SweepResult, compress_sweep
+from ibprune.outputs.compressed import load_compressed
+from ibprune.pipeline.check import check_model
+from ibprune.pipeline.compress import CompressResult, compress
+from ibprune.pipeline.config import CompressConfig
+from ibprune.pipeline.sweep import SweepResult, compress_sweep
 
 __version__ = "0.1.0"
 

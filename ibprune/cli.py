@@ -8,7 +8,7 @@ import logging
 import sys
 import traceback
 
-from ibprune.config import settings_fields
+from ibprune.pipeline.config import settings_fields
 from ibprune.recipe import Job
 
 EXAMPLES = """examples:

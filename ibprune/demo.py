@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ibprune.data import digits_loaders
+from ibprune.core.train import SGDConfig, fit, steps_for
+from ibprune.data.loaders import digits_loaders
 from ibprune.models.digits import DigitsNet
-from ibprune.train import SGDConfig, fit, steps_for
 
 #: Settings of the demo's compression (also the ones ``pipelines/digits.toml`` spells out).
 DEMO = {"macs": 0.5, "gate_epochs": 30.0, "finetune_epochs": 10.0, "lr": 0.01, "gate_lr": 0.02}

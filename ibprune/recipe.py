@@ -7,8 +7,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibprune.config import CompressConfig, _setting, settings_fields
 from ibprune.errors import BudgetError, RecipeError
+from ibprune.pipeline.config import CompressConfig, _setting, settings_fields
 
 
 @dataclass(kw_only=True)
@@ -104,12 +104,12 @@ def _check_type(path: Path, section: str, key: str, value, annotation: str):
 
 def run_job(job: Job, verbose: bool = True):
     """Build the model and data a job names, then ``compress`` them; returns the ``CompressResult``."""
-    from ibprune.api import compress
-    from ibprune.checkpoint import load_weights
-    from ibprune.config import budget_of
-    from ibprune.data import digits_loaders, image_folder_loaders
+    from ibprune.data.loaders import digits_loaders, image_folder_loaders
     from ibprune.models import build
-    from ibprune.sweep import sweep_budgets
+    from ibprune.pipeline.compress import compress
+    from ibprune.pipeline.config import budget_of
+    from ibprune.pipeline.sweep import sweep_budgets
+    from ibprune.weights import load_weights
 
     sweep = isinstance(job.macs, list) or isinstance(job.params, list)
     if not sweep:  # a bad budget fails before any model or data is loaded
@@ -124,8 +124,8 @@ def run_job(job: Job, verbose: bool = True):
     if job.data == "digits":
         train, val = digits_loaders(job.batch_size, job.seed)
     elif job.data.startswith("cifar10:"):
-        from ibprune.cifar import cifar10_loaders
-        from ibprune.train import pick_device
+        from ibprune.core.train import pick_device
+        from ibprune.data.cifar import cifar10_loaders
 
         train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], job.batch_size, pick_device(job.device),
                                         seed=job.seed)
@@ -138,7 +138,7 @@ def run_job(job: Job, verbose: bool = True):
         train, val = image_folder_loaders(job.data, job.input_size, job.batch_size, job.workers, job.seed)
     settings = job.settings()
     if sweep:
-        from ibprune.sweep import compress_sweep
+        from ibprune.pipeline.sweep import compress_sweep
 
         budgets = job.macs if isinstance(job.macs, list) else job.params
         for budget in ("macs", "params", "latency"):

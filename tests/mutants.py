@@ -9,10 +9,10 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import _helpers
 
-import ibprune.prune
-from ibprune.attention import HeadAttention
-from ibprune.gates import GateSet
-from ibprune.groups import MIXING, is_depthwise
+import ibprune.core.prune
+from ibprune.core.gates import GateSet
+from ibprune.core.groups import MIXING, is_depthwise
+from ibprune.rewrites.attention import HeadAttention
 
 
 def _width(module: nn.Module) -> int:
@@ -23,14 +23,14 @@ def _width(module: nn.Module) -> int:
 
 def wrong_channels(monkeypatch) -> None:
     """The removal deletes the neighbours of the planned channels: position ``i`` becomes ``(i + 1) mod width``."""
-    real = ibprune.prune.remove_channels
+    real = ibprune.core.prune.remove_channels
 
     def shifted(model, example_input, removed):
         modules = dict(model.named_modules())
         return real(model, example_input, {n: [(i + 1) % _width(modules[n]) for i in idxs]
                                            for n, idxs in removed.items()})
 
-    monkeypatch.setattr(ibprune.prune, "remove_channels", shifted)
+    monkeypatch.setattr(ibprune.core.prune, "remove_channels", shifted)
 
 
 def unfolded(monkeypatch) -> None:

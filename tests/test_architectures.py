@@ -15,9 +15,9 @@ import torchvision
 from torchvision.models.shufflenetv2 import channel_shuffle
 
 import ibprune
-import ibprune.groups
-from ibprune.attention import HeadAttention
+import ibprune.core.groups
 from ibprune.errors import PruningMismatchError, UnsupportedModelError
+from ibprune.rewrites.attention import HeadAttention
 from tests.mutants import MUTANTS
 
 SUPPORTED = {  # family: (model, input size)
@@ -70,7 +70,7 @@ def test_an_operation_torch_pruning_misreads_is_refused_before_training_naming_t
 
 
 def test_a_group_search_that_does_not_finish_is_stopped_with_a_reason(monkeypatch):
-    monkeypatch.setattr(ibprune.groups, "GRAPH_TIME_LIMIT_S", 0.001)  # what torch-pruning does on maxvit
+    monkeypatch.setattr(ibprune.core.groups, "GRAPH_TIME_LIMIT_S", 0.001)  # what torch-pruning does on maxvit
     with pytest.raises(UnsupportedModelError, match="did not finish within 0.001 s"):
         ibprune.check_model(_model("resnet18"), torch.randn(1, 3, 64, 64), macs=0.6)
 
@@ -91,7 +91,7 @@ def test_a_wrong_prune_fails_the_check_naming_the_group(family, mutant, monkeypa
 def _rewritten(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
-    from ibprune.rewrite import rewrite
+    from ibprune.rewrites import rewrite
 
     copied = copy.deepcopy(model)
     rewrite(copied)

@@ -84,7 +84,7 @@ def test_trust_checkpoint_opts_in_to_pickled_weights(tmp_path, capsys):
 
 
 def test_an_interrupted_run_is_resumed_only_when_asked(tmp_path, capsys):
-    from ibprune.resume import Checkpoints
+    from ibprune.pipeline.checkpoints import Checkpoints
 
     out = tmp_path / "run"
     args = ["--quiet", "compress", "--model", "ibprune.models:DigitsNet", "--data", "digits", "--macs", "0.6",

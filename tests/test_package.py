@@ -8,7 +8,8 @@ def test_importing_ibprune_changes_nothing_global():
     code = ("import warnings, matplotlib, torch_pruning as tp\n"
             "import numpy, onnx, onnxruntime, onnxscript, sklearn, sympy, torch, torch.onnx, torchvision, tqdm\n"
             "before = (list(warnings.filters), dict(tp.utils.op_counter.MODULES_MAPPING), matplotlib.get_backend())\n"
-            "import ibprune, ibprune.costs, ibprune.groups, ibprune.information, ibprune.sweep\n"
+            "import ibprune, ibprune.core.costs, ibprune.core.groups, ibprune.outputs.channels\n"
+            "import ibprune.pipeline.sweep\n"
             "after = (list(warnings.filters), dict(tp.utils.op_counter.MODULES_MAPPING), matplotlib.get_backend())\n"
             "assert before == after, [b == a for b, a in zip(before, after)]\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -19,9 +20,9 @@ def test_counting_lends_the_attention_counter_and_takes_it_back():
     import torch
     import torch_pruning as tp
 
-    from ibprune.attention import Attend, split_heads
-    from ibprune.costs import count
-    from tests.test_attention import TinyTransformer
+    from ibprune.core.costs import count
+    from ibprune.rewrites.attention import Attend, split_heads
+    from tests.rewrites.test_attention import TinyTransformer
 
     model = TinyTransformer().eval()
     split_heads(model)

@@ -1,0 +1,168 @@
+"""MACs and parameter counts as a function of which channels each group keeps.
+
+torch-pruning's counter gives every layer's MACs and parameters once. A conv or linear layer costs in
+proportion to (kept inputs / inputs) x (kept outputs / outputs); a BN or depthwise conv in proportion to its
+kept outputs; every other layer is held constant. That is exact for conv / linear / BN layers, differentiable
+in the keep vectors, and fast enough to evaluate at every training step. The pruning step still counts the
+pruned model with torch-pruning's counter: this model only steers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ibprune.core.groups import ChannelGroup, is_depthwise
+from ibprune.core.modes import evaluating
+from ibprune.rewrites.attention import Attend, _count_attend, split_heads, splittable
+
+
+@contextmanager
+def attention_counted() -> Iterator[None]:
+    """torch-pruning's counter counts the attention matmuls (``Attend``) inside the block, and is left as it was
+    after it: nothing registers with torch-pruning when ibprune is imported."""
+    mapping = tp.utils.op_counter.MODULES_MAPPING
+    before = mapping.get(Attend)
+    mapping[Attend] = _count_attend
+    try:
+        yield
+    finally:
+        if before is None:
+            del mapping[Attend]
+        else:
+            mapping[Attend] = before
+
+
+def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(macs, params)`` of ``model`` at ``example_input``, by torch-pruning's counter.
+
+    Attention layers are counted as ``split_heads`` makes them (on a copy), so an original and its compressed
+    version are counted alike: torch-pruning's counter misses the attention matmuls of Swin's windowed
+    attention, which it cannot see inside a functional call.
+    """
+    if splittable(model):
+        model = copy.deepcopy(model)
+        split_heads(model)
+    with evaluating(model), attention_counted():
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    return int(macs), int(params)
+
+
+@dataclass
+class _Term:
+    base: float                                  # the layer's MACs (or params) in the unpruned model
+    inputs: list[tuple[str, torch.Tensor]]       # (group, gate positions) read by this layer's inputs
+    n_in: int
+    outputs: list[tuple[str, torch.Tensor]]
+    n_out: int
+
+
+class CostModel:
+    """``cost(keep)`` = MACs or params when group ``g`` keeps ``keep[g]`` (0/1 or soft, per channel)."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
+                 metric: str = "macs") -> None:
+        if metric not in ("macs", "params"):
+            raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
+        with evaluating(model), attention_counted():
+            macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
+                model, example_input, layer_wise=True)
+        per_layer = layer_macs if metric == "macs" else layer_params
+        self.metric = metric
+        self.macs, self.params = int(macs), int(params)  # the unpruned model's, by torch-pruning's counter
+        self.total = float(macs if metric == "macs" else params)
+        self.sizes = {g.name: g.size for g in groups}
+        modules = dict(model.named_modules())
+        ins: dict[str, list] = {}
+        outs: dict[str, list] = {}
+        for g in groups:
+            for layer, cmap in g.inputs.items():
+                ins.setdefault(layer, []).append((g.name, torch.tensor(cmap.gates)))
+            for layer, cmap in g.outputs.items():
+                outs.setdefault(layer, []).append((g.name, torch.tensor(cmap.gates)))
+        self.terms: list[_Term] = []
+        for layer in set(ins) | set(outs):
+            m = modules[layer]
+            base = float(per_layer.get(m) or 0.0)
+            n_in, n_out = _width(m)
+            reads = ins.get(layer, []) if not is_depthwise(m) else []
+            self.terms.append(_Term(base, reads, n_in, outs.get(layer, []), n_out))
+        self.constant = self.total - sum(t.base for t in self.terms)
+
+    def cost(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Estimated MACs / params for per-group keep vectors (missing groups keep everything)."""
+        total = torch.tensor(self.constant)
+        for t in self.terms:
+            total = total + t.base * _kept(t.inputs, t.n_in, keep) * _kept(t.outputs, t.n_out, keep)
+        return total
+
+    def fraction(self, keep: dict[str, torch.Tensor]) -> float:
+        """``cost(keep) / cost(all)``."""
+        return float(self.cost(keep)) / self.total
+
+    def block_fraction(self, blocks: dict[str, list[list[int]]]) -> Callable[[dict[str, int]], float]:
+        """``fraction`` for removals made of blocks, fast: ``f(counts)`` is the fraction when each group ``g``
+        loses its first ``counts[g]`` blocks of ``blocks[g]`` (positions), in plain floats from tables built
+        once (``plan_removal`` evaluates thousands of candidate removals)."""
+
+        def table(entries: list[tuple[str, torch.Tensor]]) -> list[tuple[str | None, list[float]]]:
+            rows = []
+            for g, pos in entries:
+                seen = Counter(pos.tolist())
+                kept = [float(len(pos))]
+                for block in blocks.get(g, []):
+                    kept.append(kept[-1] - sum(seen[i] for i in block))
+                rows.append((g if g in blocks else None, kept))
+            return rows
+
+        sides = []
+        for t in self.terms:
+            ins = (t.n_in - sum(len(p) for _, p in t.inputs), t.n_in, table(t.inputs)) if t.inputs and t.n_in else None
+            outs = (t.n_out - sum(len(p) for _, p in t.outputs), t.n_out, table(t.outputs)) \
+                if t.outputs and t.n_out else None
+            sides.append((t.base, ins, outs))
+
+        def kept(side, counts: dict[str, int]) -> float:
+            if side is None:
+                return 1.0
+            free, n, rows = side
+            return (free + sum(k[counts.get(g, 0)] if g else k[0] for g, k in rows)) / n
+
+        def fraction(counts: dict[str, int]) -> float:
+            return (self.constant + sum(b * kept(i, counts) * kept(o, counts) for b, i, o in sides)) / self.total
+
+        return fraction
+
+    def channel_costs(self) -> dict[str, torch.Tensor]:
+        """Marginal cost of each channel in the unpruned model (d cost / d keep_c), relative to the mean (1)."""
+        keep = {n: torch.ones(s, requires_grad=True) for n, s in self.sizes.items()}
+        self.cost(keep).backward()
+        costs = {n: k.grad.detach().clamp_min(0.0) for n, k in keep.items()}
+        mean = torch.cat(list(costs.values())).mean().clamp_min(1e-12)
+        return {n: c / mean for n, c in costs.items()}
+
+
+def _kept(entries: list[tuple[str, torch.Tensor]], n: int, keep: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    if not entries or n == 0:
+        return 1.0
+    covered = sum(len(pos) for _, pos in entries)
+    kept = sum(keep[g][pos].sum() if g in keep else float(len(pos)) for g, pos in entries)
+    return (n - covered + kept) / n
+
+
+def _width(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.in_channels, m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if isinstance(m, Attend):
+        return m.num_heads, m.num_heads
+    n = getattr(m, "num_features", 0)
+    return n, n

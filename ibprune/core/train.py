@@ -1,0 +1,267 @@
+"""One training loop for the gate phase and for fine-tuning, plus evaluation and BN recalibration.
+
+CUDA when available (bf16 autocast, channels_last), CPU otherwise. SGD with Nesterov momentum on the weights
+under a warm-up + cosine (or constant) schedule; extra optimizers (the gates' Adam) step alongside; optional
+knowledge distillation from a teacher (the original model).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ibprune.core.modes import evaluating, mode, rng_state, set_rng_state
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` gives CUDA when ``torch.cuda.is_available()``, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class SGDConfig:
+    """Weights' optimizer: SGD + Nesterov momentum, warm-up then cosine (or constant) learning rate."""
+
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    warmup: float = 0.05          # fraction of the steps spent ramping up linearly
+    schedule: str = "cosine"      # "cosine" or "constant"
+
+    def make(self, params: Iterable[nn.Parameter], steps: int):
+        opt = torch.optim.SGD(list(params), lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
+                              weight_decay=self.weight_decay)
+        warm = max(1, int(self.warmup * steps))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if self.schedule == "constant":
+                return 1.0
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def steps_for(epochs: float, loader) -> int:
+    """Number of optimizer steps in ``epochs`` (fractions allowed) passes over ``loader``."""
+    return max(0, math.ceil(epochs * len(loader)))
+
+
+def batches(loader, steps: int) -> Iterator:
+    """``steps`` batches, cycling through ``loader`` as often as needed."""
+    done = 0
+    while done < steps:
+        for batch in loader:
+            if done >= steps:
+                return
+            yield batch
+            done += 1
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+def _prepare(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton's soft-target loss: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1),
+                    reduction="batchmean") * t * t
+
+
+class _Stream:
+    """Batches cycled from a loader; its position (the pass's starting random state + batches taken) can be saved
+    and restored, so a resumed run sees the same batches in the same order."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.it, self.taken, self.start = loader, None, 0, None
+
+    def next(self):
+        if self.it is not None:
+            try:
+                self.taken += 1
+                return next(self.it)
+            except StopIteration:
+                pass
+        self.start, self.it, self.taken = rng_state(self.loader), iter(self.loader), 1
+        return next(self.it)
+
+    def position(self) -> dict | None:
+        return None if self.it is None else {"start": self.start, "taken": self.taken}
+
+    def seek(self, position: dict | None, now: dict) -> None:
+        """Replay the pass up to ``position``, then set the global random state to ``now``."""
+        self.it = None
+        if position is not None:
+            set_rng_state(position["start"], self.loader)
+            self.start, self.it, self.taken = position["start"], iter(self.loader), position["taken"]
+            for _ in range(self.taken):
+                next(self.it)
+        set_rng_state({k: v for k, v in now.items() if k != "loader"})
+
+
+def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConfig | None = None, *,
+        extra_optimizers: Iterable[torch.optim.Optimizer] = (), penalty: Callable[[], torch.Tensor] | None = None,
+        after_step: Callable[[int], dict] | None = None, teacher: nn.Module | None = None,
+        distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
+        checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+        checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None) -> dict:
+    """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
+
+    ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
+    return numbers to show in the progress bar; ``stop()``, asked after each step, ends the run early when it
+    returns True (the learning-rate schedule still spans ``steps``). ``checkpoint(state)`` receives the full
+    training state every ``checkpoint_every`` steps (default: each pass over ``loader``) and at the end;
+    ``resume=state`` continues from one. A non-finite loss rolls back to the last such state and halves the
+    learning rate, once; the second time (or with ``extra_optimizers``, whose owners are not saved) it raises
+    ``FloatingPointError``.
+    Returns the steps taken, the mean loss and the training accuracy.
+    """
+    model.to(device).train()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    extra = list(extra_optimizers)
+    opt = sched = None
+    if sgd is not None:
+        opt, sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
+    if teacher is not None:
+        teacher.to(device).eval()
+    every = max(1, checkpoint_every or min(steps, len(loader)) or 1)
+    stream = _Stream(loader)
+    run = {"step": 0, "sums": [0.0, 0, 0], "nan_recoveries": 0}
+
+    def snapshot() -> dict:
+        return {"step": run["step"], "sums": list(run["sums"]), "nan_recoveries": run["nan_recoveries"],
+                "model": model.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                "scheduler": sched.state_dict() if sched else None, "extra": [o.state_dict() for o in extra],
+                "rng": rng_state(), "stream": stream.position()}
+
+    def restore(state: dict) -> None:
+        model.load_state_dict(state["model"])
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        for o, s in zip(extra, state["extra"]):
+            o.load_state_dict(s)
+        run.update(step=state["step"], sums=list(state["sums"]), nan_recoveries=state["nan_recoveries"])
+        stream.seek(state["stream"], state["rng"])
+
+    if resume is not None:
+        restore(resume)
+    last_good = copy.deepcopy(snapshot()) if not extra else None
+    bar = tqdm(total=steps, initial=run["step"], desc=desc, disable=None if verbose else True, leave=False,
+               dynamic_ncols=True)
+    while run["step"] < steps:
+        step = run["step"]
+        x, y = stream.next()
+        x, y = _prepare(x, device), y.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x).float()
+                loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(
+                    logits.float(), t_logits, temperature)
+        total = loss + penalty() if penalty is not None else loss
+        if not torch.isfinite(total):
+            value = float(total.detach())
+            if last_good is None or run["nan_recoveries"] >= 1:
+                bar.close()
+                again = " again after halving the learning rate" if run["nan_recoveries"] else ""
+                raise FloatingPointError(f"{desc}: the loss became {value} at step {step}{again}; "
+                                         "nothing non-finite was saved")
+            restore(copy.deepcopy(last_good))
+            run["nan_recoveries"] += 1
+            if opt is not None:
+                sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+            bar.write(f"[ibprune] {desc}: loss {value} at step {step}: rolled back to step {run['step']}, "
+                      "learning rate halved")
+            bar.n = run["step"]
+            continue
+        for o in ([opt] if opt else []) + extra:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in ([opt] if opt else []) + extra:
+            o.step()
+        if sched is not None:
+            sched.step()
+        shown = after_step(step) if after_step is not None else {}
+        sums = run["sums"]
+        sums[0] += float(loss.detach()) * len(y)
+        sums[1] += int((logits.argmax(1) == y).sum())
+        sums[2] += len(y)
+        run["step"] = step + 1
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", **shown)
+        done = stop is not None and run["step"] < steps and stop()
+        if run["step"] % every == 0 or run["step"] == steps or done:
+            if checkpoint is not None:
+                checkpoint(snapshot())
+            if last_good is not None:
+                last_good = copy.deepcopy(snapshot())
+        if done:
+            break
+    bar.close()
+    loss_sum, correct, seen = run["sums"]
+    return {"steps": run["step"], "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "nan_recoveries": run["nan_recoveries"]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode; the model's mode is restored)."""
+    correct = seen = 0
+    with evaluating(model.to(device)):
+        for x, y in loader:
+            x, y = _prepare(x, device), y.to(device)
+            with _autocast(device):
+                pred = model(x).argmax(1)
+            correct += int((pred == y).sum())
+            seen += len(y)
+    return correct / max(1, seen)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, device: torch.device, max_batches: int = 50) -> None:
+    """Re-estimate every BatchNorm's running statistics on training batches (no weight changes).
+
+    After the gate phase (noisy gates during training) and after channels are removed, the running statistics
+    no longer describe what each BN sees at eval time; a pass over some batches fixes that for free.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    with mode(model.to(device), True):
+        for x, _ in batches(loader, min(max_batches, len(loader))):
+            with _autocast(device):
+                model(_prepare(x, device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom

@@ -1,0 +1,1 @@
+"""Data loaders: digits, ImageFolder trees, CIFAR-10 JPEGs."""

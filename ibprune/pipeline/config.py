@@ -1,0 +1,113 @@
+"""``CompressConfig``: every setting of a compression run, its one default, its check and its help text.
+
+``compress`` and ``compress_sweep`` take these as keywords, a recipe's keys are these field names (in the
+section each field names) and the CLI's flags are built from them, so a default is written here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ibprune.core.rankers import CRITERIA as BASELINES
+from ibprune.errors import BudgetError, InputError
+
+CRITERIA = ("ib", *BASELINES)  # the gates, or one of torch-pruning's criteria for comparison
+
+
+def _setting(default: Any, help: str, section: str, kind: type | None = None) -> Any:
+    """A field with its recipe ``section``, its ``help`` (the CLI's) and the ``kind`` of value it takes."""
+    return field(default=default, metadata={"help": help, "section": section,
+                                            "kind": kind or type(default)})
+
+
+@dataclass
+class CompressConfig:
+    """The settings of one ``compress`` run; the budget is one of ``macs``, ``params`` or ``latency``."""
+
+    macs: float | None = _setting(None, "keep at most this fraction of the MACs, e.g. 0.5", "budget", float)
+    params: float | None = _setting(None, "keep at most this fraction of the parameters, e.g. 0.5", "budget",
+                                    float)
+    latency: float | None = _setting(
+        None, "keep at most this fraction of the original's onnxruntime CPU latency at the benchmark batch, "
+              "measured on this machine, e.g. 0.6", "budget", float)
+    gate_epochs: float = _setting(1.0, "epochs of gate training (fractions allowed)", "train")
+    finetune_epochs: float = _setting(5.0, "epochs of fine-tuning after pruning", "train")
+    adapt_epochs: float = _setting(0.0, "first fine-tune the dense model this long (a model trained on other "
+                                        "data than yours)", "train")
+    lr: float = _setting(0.01, "peak SGD learning rate of the weights", "train")
+    gate_lr: float = _setting(0.02, "Adam learning rate of the gates", "train")
+    weight_decay: float = _setting(5e-4, "SGD weight decay of the weights (the gates have none)", "train")
+    beta: float | None = _setting(None, "fixed IB weight of the explore phase (default: set automatically)",
+                                  "train", float)
+    distill: Any = _setting(False, "fine-tune with distillation from the original (from the adapted model "
+                                   "after adapt epochs); compress(distill=<model>) names another teacher",
+                            "train", bool)
+    round_to: int | None = _setting(8, "keep channel counts a multiple of this (8: fast kernels); 1 for exact "
+                                       "widths", "train", int)
+    criterion: str = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
+                                    "random (for comparisons)", "train")
+    rank_per_cost: bool = _setting(False, "rank IB channels by information per unit cost (an ablation)", "train")
+    device: str = _setting("auto", "auto | cpu | cuda", "train")
+    seed: int = _setting(0, "random seed", "train")
+    bench_batch: int = _setting(32, "the larger batch size of the latency benchmark", "output")
+    latency_runs: int = _setting(50, "timed runs per latency measurement", "output")
+    robustness_eps: float | None = _setting(
+        None, "add FGSM/PGD accuracy of both models at this L-inf size (in input-std units, e.g. 0.03) to the "
+              "report", "output", float)
+    resume: bool = _setting(False, "continue an interrupted run from the checkpoints in its output folder",
+                            "output")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(CompressConfig):  # a Job's own fields are not settings
+            value, kind = getattr(self, f.name), f.metadata["kind"]
+            if f.metadata["section"] == "budget" or f.name == "device" and not isinstance(value, str):
+                continue  # budget(): a BudgetError; a torch.device is a device too
+            if value is None and f.default is None or f.name == "distill" and not isinstance(value, bool):
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+            elif not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                raise InputError(f"{f.name} must be a {kind.__name__}, got {value!r}")
+        for name in ("gate_epochs", "finetune_epochs", "adapt_epochs", "lr", "gate_lr", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of {CRITERIA}")
+        if self.round_to is not None and self.round_to < 1:
+            raise InputError(f"round_to must be >= 1 (or None), got {self.round_to!r}")
+        for name in ("bench_batch", "latency_runs"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_keywords(cls, settings: dict[str, Any]) -> CompressConfig:
+        """The config of ``compress(**settings)``; an unknown keyword is named, with what is known."""
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InputError(f"unknown setting(s) {', '.join(unknown)}; the settings are: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**settings)
+
+    def budget(self) -> tuple[str, float]:
+        """``("macs" | "params" | "latency", fraction)``: exactly one budget must be set, in (0, 1)."""
+        return budget_of(self.macs, self.params, self.latency)
+
+
+def budget_of(macs: float | None, params: float | None, latency: float | None = None) -> tuple[str, float]:
+    """``("macs" | "params" | "latency", fraction)`` from the keyword budgets; exactly one must be given, in
+    (0, 1)."""
+    given = {k: v for k, v in (("macs", macs), ("params", params), ("latency", latency)) if v is not None}
+    if len(given) != 1:
+        raise BudgetError("give exactly one budget: macs=<fraction>, params=<fraction> or latency=<fraction>")
+    (metric, value), = given.items()
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise BudgetError(f"{metric} budget must be a fraction in (0, 1) of the original, got {value!r}")
+    return metric, float(value)
+
+
+def settings_fields(section: str | None = None) -> list[dataclasses.Field]:
+    """The fields of ``CompressConfig`` (those of one recipe ``section``, if given)."""
+    return [f for f in dataclasses.fields(CompressConfig) if section is None or f.metadata["section"] == section]

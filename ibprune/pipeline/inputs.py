@@ -1,0 +1,54 @@
+"""Checks that run before any training, so that a bad input fails in seconds with a message that names it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ibprune.core.modes import evaluating
+from ibprune.errors import InputError
+
+
+def first_batch(loader, name: str = "train_loader") -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's first ``(inputs, targets)`` batch, or an ``InputError`` saying what is wrong with it."""
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise InputError(f"{name} yields no batches (is the dataset empty?)") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
+            and isinstance(batch[1], torch.Tensor)):
+        raise InputError(f"{name} must yield (inputs, targets) tensor pairs, got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+@torch.no_grad()
+def check_inputs(model: nn.Module, train_loader, example_input: torch.Tensor) -> int:
+    """Run ``model`` on ``example_input`` and on a training batch; returns the number of classes.
+
+    Fails with ``InputError`` when the model cannot run on the input, returns something other than a
+    ``(batch, classes)`` tensor of logits, or the targets fall outside its classes.
+    """
+    x, y = first_batch(train_loader)
+    device = next(model.parameters()).device
+    with evaluating(model):
+        try:
+            out = model(example_input.to(device))
+        except Exception as err:
+            raise InputError(f"the model fails on example_input of shape {tuple(example_input.shape)} "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        if not isinstance(out, torch.Tensor):
+            raise InputError(f"the model returns {type(out).__name__}, not a tensor of logits: wrap it so that "
+                             "forward() returns the logits tensor")
+        if out.dim() != 2:
+            raise InputError(f"the model returns a tensor of shape {tuple(out.shape)}; ibprune compresses "
+                             "classifiers, whose output is (batch, classes)")
+        if tuple(x.shape[1:]) != tuple(example_input.shape[1:]):
+            raise InputError(f"training inputs have shape {tuple(x.shape[1:])} per example but example_input "
+                             f"has {tuple(example_input.shape[1:])}")
+    classes = out.shape[1]
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.dim() != 1:
+        raise InputError(f"targets must be a 1-D tensor of class indices, got {y.dtype} of shape {tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise InputError(f"targets range over [{int(y.min())}, {int(y.max())}] but the model has {classes} "
+                         f"outputs (classes 0..{classes - 1})")
+    return classes

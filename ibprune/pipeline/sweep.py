@@ -1,0 +1,219 @@
+"""Several budgets from one gate phase: ``compress_sweep()``, ``sweep.json``/``sweep.md`` and the Pareto plot.
+
+The gate phase's first half (explore: every channel shows how much the task needs it) does not depend on the
+budget, so a sweep runs it once; each budget then gets its own squeeze (the second half), pruning, fine-tuning,
+export and benchmark from that shared state, exactly as ``compress`` would run them, in ``<out>/<metric><b>/``.
+Compared with one ``compress`` per budget this saves ``(n - 1)`` explore phases; ``sweep.json`` reports the
+measured explore time and that saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ibprune.core.costs import CostModel
+from ibprune.core.gates import GateSet
+from ibprune.core.groups import find_groups
+from ibprune.core.objective import train_gates
+from ibprune.core.prune import preflight
+from ibprune.core.train import pick_device, steps_for
+from ibprune.errors import BudgetError
+from ibprune.files import write_figure, write_json, write_text
+from ibprune.pipeline.checkpoints import Checkpoints
+from ibprune.pipeline.compress import CompressResult, adapt_dense, compress
+from ibprune.pipeline.config import CompressConfig, budget_of
+from ibprune.pipeline.inputs import check_inputs, first_batch
+from ibprune.rewrites import rewrite
+
+
+@dataclass
+class SweepResult:
+    """One ``CompressResult`` per budget (budget -> result; a budget resumed from disk has ``model=None``)."""
+
+    results: dict[float, CompressResult]
+    summary: dict
+
+
+def compress_sweep(
+    model: nn.Module,
+    train_loader,
+    val_loader=None,
+    *,
+    budgets: Sequence[float],
+    metric: str = "macs",
+    out_dir: str | Path,
+    example_input: torch.Tensor | None = None,
+    ignored_layers: list[nn.Module] | None = None,
+    verbose: bool = True,
+    **settings,
+) -> SweepResult:
+    """Compress ``model`` to each of ``budgets`` (fractions of its ``metric``: "macs" or "params").
+
+    Each budget gets what ``compress(..., gate_epochs=gate_epochs)`` gives it, except that the explore half of
+    the gate phase is run once and shared. Writes ``<out>/<metric><budget>/`` (the usual outputs per budget)
+    and ``sweep.json``, ``sweep.md``, ``sweep.png`` (accuracy against size and against ONNX latency).
+    ``settings`` are ``CompressConfig``'s, as for ``compress``, without a budget of their own.
+    ``resume=True`` keeps finished budgets and the saved explore phase.
+    ``adapt_epochs`` fine-tunes the dense model once, first; every budget starts from the adapted model (and,
+    with ``distill=True``, learns from it), so the reports' ``original`` is the adapted model.
+    """
+    budgets = sweep_budgets(metric, budgets)
+    cfg = CompressConfig.from_keywords(settings)
+    if any(v is not None for v in (cfg.macs, cfg.params, cfg.latency)):
+        raise BudgetError("a sweep's budgets are given as budgets=[...], not as macs=, params= or latency=")
+    out = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    if example_input is None:
+        example_input = first_batch(train_loader)[0][:1]
+    example_input = example_input[:1].to(dev)
+    identity = {"metric": metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
+                "gate_lr": cfg.gate_lr, "beta": cfg.beta,
+                "seed": cfg.seed, "train_batches": len(train_loader),
+                "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    ckpt = Checkpoints(out / "checkpoints", identity, cfg.resume)
+
+    def folder(b: float) -> Path:
+        return out / f"{metric}{b:.2f}"
+
+    pending = [b for b in budgets if not (cfg.resume and (folder(b) / "report.json").is_file())]
+    if pending and cfg.adapt_epochs:
+        model = copy.deepcopy(model).to(dev)
+        adapt_dense(model, train_loader, dev, ckpt, cfg.adapt_epochs, cfg.lr, cfg.weight_decay, verbose)
+    explored = ckpt.load("gates") if pending else None
+    if pending and explored is None:
+        t0 = time.perf_counter()
+        work = copy.deepcopy(model).to(dev)
+        rewrite(work)
+        check_inputs(work, train_loader, example_input)
+        _, groups = find_groups(work, example_input, ignored_layers)
+        cost_model = CostModel(work, example_input, groups, metric)
+        gates = GateSet(groups).to(dev).attach(work)
+        preflight(work, gates, groups, example_input)
+        trained = time.perf_counter()
+        pressure = train_gates(work, gates, cost_model, train_loader, dev, budgets[0],
+                               steps_for(cfg.gate_epochs / 2, train_loader), beta=cfg.beta, lr=cfg.lr,
+                               gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay, explore=1.0, verbose=verbose)
+        gates.detach()
+        explored = {"model": work.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
+        ckpt.save("gates", explored)
+        write_json(out / "explore.json", {"seconds": time.perf_counter() - t0, "beta": pressure.beta_explore,
+                                          "training_seconds": time.perf_counter() - trained})
+        del work, gates
+
+    results: dict[float, CompressResult] = {}
+    for b in budgets:
+        if b in pending:
+            results[b] = compress(model, train_loader, val_loader, example_input=example_input, out_dir=folder(b),
+                                  ignored_layers=ignored_layers, explored=explored, verbose=verbose,
+                                  **{**settings, metric: b, "gate_epochs": cfg.gate_epochs / 2, "adapt_epochs": 0.0,
+                                     "device": dev})
+        else:
+            results[b] = CompressResult(None, json.loads((folder(b) / "report.json").read_text()), {}, {})
+    points = [_point(b, folder(b), results[b].report) for b in budgets]
+    summary = _summary(metric, points, results[budgets[0]].report, json.loads((out / "explore.json").read_text()))
+    write_json(out / "sweep.json", summary)
+    write_text(out / "sweep.md", markdown(summary))
+    plot(summary, out / "sweep.png")
+    ckpt.clear()
+    return SweepResult(results, summary)
+
+
+def sweep_budgets(metric: str, budgets: Sequence[float]) -> list[float]:
+    """The distinct budgets, largest first, each checked to be a fraction in (0, 1) of ``metric``."""
+    if metric not in ("macs", "params"):
+        raise BudgetError(f"metric must be 'macs' or 'params', got {metric!r}")
+    if not budgets:
+        raise BudgetError(f"give at least one budget, e.g. {metric}=[0.7, 0.5, 0.35]")
+    return sorted({budget_of(**{"macs": None, "params": None, metric: b})[1] for b in budgets}, reverse=True)
+
+
+def _point(budget: float, folder: Path, rep: dict) -> dict:
+    c = rep["compressed"]
+    return {"budget": budget, "folder": folder.name, "achieved": rep["achieved"], "accuracy": c["accuracy"],
+            "accuracy_by_stage": rep["accuracy"], "macs": c["macs"], "params": c["params"],
+            "onnx_bytes": c["onnx_bytes"], "latency_ms": c["latency_ms"], "seconds": sum(rep["timings_s"].values()),
+            "timings_s": rep["timings_s"]}
+
+
+def _summary(metric: str, points: list[dict], first: dict, explore: dict) -> dict:
+    """The sweep's figures. The time saved is measured: each separate ``compress`` run would train its own
+    explore phase (``training_seconds`` of wall-clock here), while the sweep trained one and set it up once."""
+    o, explore_s = first["original"], explore["seconds"]
+    return {
+        "schema": 1, "metric": metric,
+        "original": {k: o[k] for k in ("macs", "params", "onnx_bytes", "accuracy", "latency_ms")},
+        "points": points,
+        "time_s": {"explore_once": explore_s, "total": explore_s + sum(p["seconds"] for p in points),
+                   "explore_training": explore["training_seconds"],
+                   "saved_vs_separate_runs": len(points) * explore["training_seconds"] - explore_s},
+        "environment": first["environment"],
+    }
+
+
+def _latency_key(entry: dict) -> str:
+    sizes = sorted(int(k.split("_")[1]) for k in entry["latency_ms"] if k.startswith("batch_"))
+    return f"batch_{sizes[-1]}"
+
+
+def markdown(summary: dict) -> str:
+    """``sweep.md``: one row per budget, the original first, and the time the shared explore phase saved."""
+    o, metric = summary["original"], summary["metric"]
+    key = _latency_key(o)
+
+    def acc(v):
+        return "n/a" if v is None else f"{100 * v:.2f} %"
+
+    rows = [f"| original | 1.000 | 1.000 | {acc(o['accuracy'])} | {o['latency_ms'][key]['p50']:.3f} | — |"]
+    for p in summary["points"]:
+        rows.append(f"| {metric} <= {p['budget']:.2f} | {p['achieved']['macs']:.3f} | {p['achieved']['params']:.3f} "
+                    f"| {acc(p['accuracy'])} | {p['latency_ms'][key]['p50']:.3f} | [`{p['folder']}/`]"
+                    f"({p['folder']}/report.md) |")
+    t = summary["time_s"]
+    return "\n".join([
+        "# ibprune sweep", "",
+        f"| model | MACs kept | params kept | accuracy | ORT p50 {key.replace('_', ' ')} (ms) | report |",
+        "| --- | --- | --- | --- | --- | --- |", *rows, "",
+        "![accuracy against size and latency](sweep.png)", "",
+        f"The explore half of the gate phase ran once ({t['explore_once']:.1f} s, of which "
+        f"{t['explore_training']:.1f} s training) for all {len(summary['points'])} budgets; separate `compress` "
+        f"runs would train it for each, {t['saved_vs_separate_runs']:.1f} s more. Whole sweep: {t['total']:.1f} s.",
+        ""])
+
+
+def plot(summary: dict, path: str | Path) -> Path:
+    """Accuracy against MACs kept and against measured ONNX latency; original starred, each point labelled."""
+    from matplotlib.figure import Figure  # not pyplot: a report never switches the caller's backend
+
+    o, pts = summary["original"], summary["points"]
+    key = _latency_key(o)
+    if o["accuracy"] is None:
+        raise ValueError("a sweep plot needs accuracies: pass a val_loader")
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, x_of, label in ((axes[0], lambda e, a: a, "MACs kept (fraction of the original)"),
+                            (axes[1], lambda e, a: e["latency_ms"][key]["p50"],
+                             f"onnxruntime CPU latency p50, {key.replace('_', ' ')} (ms)")):
+        xs = [x_of(p, p["achieved"]["macs"]) for p in pts]
+        ys = [100 * p["accuracy"] for p in pts]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="ibprune")
+        for p, x, y in zip(pts, xs, ys):
+            ax.annotate(f"{summary['metric']}<={p['budget']:.2f}", (x, y), textcoords="offset points",
+                        xytext=(4, -10), fontsize=8)
+        ax.plot([x_of(o, 1.0)], [100 * o["accuracy"]], "*", ms=14, color="tab:red", label="original")
+        ax.margins(x=0.08, y=0.2)  # room for the labels; the original never hides behind the legend
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("Accuracy-size trade-off")
+    fig.tight_layout()
+    return write_figure(path, fig)

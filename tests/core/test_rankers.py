@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+import ibprune
+from ibprune.core.groups import find_groups
+from ibprune.core.rankers import CRITERIA, criterion_scores
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_scores_every_channel(digits_net, random_loader, criterion):
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(digits_net, x)
+    scores = criterion_scores(digits_net, x, groups, criterion, random_loader(), torch.device("cpu"))
+    assert {g.name: (g.size,) for g in groups} == {n: tuple(s.shape) for n, s in scores.items()}
+    assert all(torch.isfinite(s).all() for s in scores.values())
+    assert all(p.grad is None for p in digits_net.parameters())
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn", "taylor"])
+def test_scores_are_torch_pruning_importances_of_the_same_group(digits_net, random_loader, criterion):
+    import torch.nn.functional as F
+    import torch_pruning as tp
+
+    x, loader = torch.randn(1, 1, 8, 8), random_loader()
+    _, groups = find_groups(digits_net, x)
+    ours = criterion_scores(digits_net, x, groups, criterion, loader, torch.device("cpu"))
+    graph = tp.DependencyGraph().build_dependency(digits_net, example_inputs=x)
+    importance = {"l1": tp.importance.GroupMagnitudeImportance(p=1), "bn": tp.importance.BNScaleImportance(),
+                  "taylor": tp.importance.GroupTaylorImportance()}[criterion]
+    if criterion == "taylor":
+        for xb, yb in loader:
+            F.cross_entropy(digits_net(xb), yb).backward()
+    modules = dict(digits_net.named_modules())
+    for g in groups:
+        root = modules[g.name]
+        prune = tp.prune_conv_out_channels if isinstance(root, torch.nn.Conv2d) else tp.prune_linear_out_channels
+        theirs = importance(graph.get_pruning_group(root, prune, list(range(g.size))))
+        assert torch.allclose(ours[g.name], theirs.float(), rtol=1e-5, atol=1e-8), g.name
+    assert len({round(float(s.std()), 6) for s in ours.values()}) > 1  # the scores are not a constant
+
+
+def test_l1_prefers_large_filters(digits_net):
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(digits_net, x)
+    with torch.no_grad():
+        digits_net.features[3].body[0].weight[5].mul_(100.0)
+    scores = criterion_scores(digits_net, x, groups, "l1")
+    assert int(scores["features.3.body.0"].argmax()) == 5
+
+
+def test_compress_with_a_baseline_criterion(digits_net, random_loader):
+    loader = random_loader()
+    val = random_loader(n=1024, batch=128)  # enough near-ties that noisy gates would change some predictions
+    result = ibprune.compress(digits_net, loader, val, macs=0.5, criterion="taylor", gate_epochs=1.0,
+                              finetune_epochs=0.5, round_to=1, latency_runs=3, bench_batch=4, verbose=False)
+    rep = result.report
+    assert rep["criterion"] == "taylor" and rep["gates"]["steps"] == 0 and rep["achieved"]["macs"] <= 0.5
+    assert rep["accuracy"]["gated"] == rep["accuracy"]["original"]  # no gate phase: the network is untouched
+    assert rep["gates"]["information_nats"] is None
+
+
+def test_unknown_criterion(digits_net):
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(digits_net, x)
+    with pytest.raises(ValueError, match="unknown criterion"):
+        criterion_scores(digits_net, x, groups, "magic")
