@@ -8,8 +8,7 @@ import logging
 import sys
 import traceback
 
-from ibprune.pipeline.config import settings_fields
-from ibprune.recipe import Job
+from ibprune.recipe import SECTIONS, Job
 
 EXAMPLES = """examples:
   ibprune demo --out runs/demo
@@ -28,36 +27,26 @@ def _fractions(text: str) -> list[float]:
 
 
 def _job_flags(c: argparse.ArgumentParser, budget_type, budget_help: str) -> None:
-    """The flags of ``compress`` and ``sweep`` (the fields of a ``Job``)."""
-    c.add_argument("--model", required=True, help="'torchvision:<name>' or 'package.module:factory'")
-    c.add_argument("--weights", help="state dict or checkpoint file (loaded with weights_only=True)")
-    c.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow --weights to be a full pickle (e.g. a saved model object); unpickling runs "
-                        "arbitrary code, so only for files from a source you trust")
-    c.add_argument("--num-classes", type=int, help="passed to the model factory as num_classes")
-    c.add_argument("--data", required=True,
-                   help="'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's cifar-10-batches-py, or "
-                        "train/ + test/ class folders; decoded once, cached); or an ImageFolder root with train/ "
-                        "and val/ (or test/)")
-    c.add_argument("--input-size", type=int, help="image side in pixels (required for an ImageFolder)")
-    job = {f.name: f for f in dataclasses.fields(Job)}
-    c.add_argument("--batch-size", type=int, default=job["batch_size"].default)
-    c.add_argument("--workers", type=int, default=job["workers"].default, help="data loader processes")
+    """The flags of ``compress`` and ``sweep``: one per field of a ``Job`` (its help, kind and default)."""
     budget = c.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--macs", type=budget_type, help=budget_help.format("MACs"))
-    budget.add_argument("--params", type=budget_type, help=budget_help.format("parameters"))
-    if budget_type is float:  # a sweep runs over MACs or params budgets only
-        budget.add_argument("--latency", type=float, help=job["latency"].metadata["help"])
-    for f in settings_fields():  # the training and output settings: one flag per CompressConfig field
-        if f.metadata["section"] != "budget":
+    order = list(SECTIONS)  # model, data, budget, train, output: as a recipe reads
+    for f in sorted(dataclasses.fields(Job), key=lambda f: order.index(f.metadata["section"])):
+        if f.name in ("macs", "params"):
+            budget.add_argument(f"--{f.name}", type=budget_type,
+                                help=budget_help.format("MACs" if f.name == "macs" else "parameters"))
+        elif f.name == "latency":
+            if budget_type is float:  # a sweep runs over MACs or params budgets only
+                budget.add_argument("--latency", type=float, help=f.metadata["help"])
+        else:
             _setting_flag(c, f)
-    c.add_argument("--out", required=True, help="output folder")
 
 
 def _setting_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
-    """``--name-with-dashes`` for one ``CompressConfig`` field: its help, kind and default."""
+    """``--name-with-dashes`` for one ``Job`` field: its help, kind and default (none: a required flag)."""
     flag, kind, help = "--" + f.name.replace("_", "-"), f.metadata["kind"], f.metadata["help"]
-    if kind is bool:
+    if f.default is dataclasses.MISSING:
+        parser.add_argument(flag, type=kind, required=True, help=help)
+    elif kind is bool:
         parser.add_argument(flag, action="store_true", default=f.default, help=help)
     else:
         shown = "" if f.default is None else f" (default: {f.default})"

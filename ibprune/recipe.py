@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from ibprune.errors import BudgetError, RecipeError
@@ -16,19 +16,24 @@ class Job(CompressConfig):
     """Everything ``ibprune compress`` needs: a model, data and an output folder, and the ``CompressConfig``
     settings (whose defaults it inherits). Field names are the CLI flags and the recipe keys."""
 
-    model: str
-    data: str
-    out: str
-    weights: str | None = None
-    trust_checkpoint: bool = False
-    num_classes: int | None = None
-    input_size: int | None = None
-    batch_size: int = 64
-    workers: int = 2
+    model: str = _setting(MISSING, "'torchvision:<name>' or 'package.module:factory'", "model", str)
+    weights: str | None = _setting(None, "state dict or checkpoint file (loaded with weights_only=True)", "model",
+                                   str)
+    num_classes: int | None = _setting(None, "passed to the model factory as num_classes", "model", int)
+    trust_checkpoint: bool = _setting(False, "allow weights to be a full pickle (e.g. a saved model object); "
+                                             "unpickling runs arbitrary code, so only for files from a source you "
+                                             "trust", "model")
+    data: str = _setting(MISSING, "'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's "
+                                  "cifar-10-batches-py, or train/ + test/ class folders; decoded once, cached); or "
+                                  "an ImageFolder root with train/ and val/ (or test/)", "data", str)
+    input_size: int | None = _setting(None, "image side in pixels (required for an ImageFolder)", "data", int)
+    batch_size: int = _setting(64, "training and evaluation batch size", "data")
+    workers: int = _setting(2, "data loader processes", "data")
+    out: str = _setting(MISSING, "output folder", "output", str)
     macs: float | list[float] | None = _setting(None, "keep at most this fraction of the MACs (a list: a sweep)",
-                                                "budget", float)
+                                                "budget", float, many=True)
     params: float | list[float] | None = _setting(None, "keep at most this fraction of the parameters (a list: "
-                                                        "a sweep)", "budget", float)
+                                                        "a sweep)", "budget", float, many=True)
 
     def settings(self) -> dict:
         """The ``compress`` keywords this job sets (its ``CompressConfig`` fields)."""
@@ -36,12 +41,8 @@ class Job(CompressConfig):
 
 
 #: recipe section -> the Job fields it may hold
-SECTIONS = {
-    "model": ("model", "weights", "num_classes", "trust_checkpoint"),
-    "data": ("data", "input_size", "batch_size", "workers"),
-    **{section: tuple(f.name for f in settings_fields(section)) for section in ("budget", "train", "output")},
-}
-SECTIONS["output"] = ("out", *SECTIONS["output"])
+SECTIONS = {section: tuple(f.name for f in dataclasses.fields(Job) if f.metadata["section"] == section)
+            for section in ("model", "data", "budget", "train", "output")}
 _ALIASES = {("model", "spec"): "model", ("data", "source"): "data", ("output", "dir"): "out"}
 
 
@@ -55,8 +56,7 @@ def load_recipe(path: str | Path) -> Job:
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{path}: malformed TOML: {err}") from None
     values: dict = {}
-    types = {f.name: f.metadata["kind"].__name__ + (" list[float]" if "list" in str(f.type) else "")
-             if "kind" in f.metadata else str(f.type) for f in dataclasses.fields(Job)}
+    fields = {f.name: f for f in dataclasses.fields(Job)}
     for section, table in doc.items():
         if section not in SECTIONS:
             raise RecipeError(f"{path}: unknown section [{section}] (expected: {', '.join(SECTIONS)})")
@@ -67,7 +67,7 @@ def load_recipe(path: str | Path) -> Job:
             if field not in SECTIONS[section]:
                 raise RecipeError(f"{path}: unknown key '{key}' in [{section}] "
                                   f"(expected: {', '.join(_keys(section))})")
-            values[field] = _check_type(path, section, key, value, types[field])
+            values[field] = _check_type(path, section, key, value, fields[field].metadata)
     for required in ("model", "data", "out"):
         if required not in values:
             section = next(s for s, fs in SECTIONS.items() if required in fs)
@@ -91,15 +91,15 @@ def _keys(section: str) -> list[str]:
     return [alias.get(f, f) for f in SECTIONS[section]]
 
 
-def _check_type(path: Path, section: str, key: str, value, annotation: str):
-    wanted = str(annotation)
-    if isinstance(value, list) and "list[float]" in wanted:
-        return [_check_type(path, section, key, v, "float") for v in value]
-    ok = {"str": str, "int": int, "float": (int, float), "bool": bool}
-    base = next(t for t in ("bool", "float", "int", "str") if t in wanted)
-    if isinstance(value, bool) and base != "bool" or not isinstance(value, ok[base]):
-        raise RecipeError(f"{path}: [{section}] {key} must be a {base}, got {value!r}")
-    return float(value) if base == "float" else value
+def _check_type(path: Path, section: str, key: str, value, meta: dict):
+    """``value`` as the field's ``kind`` (an int where a float is wanted is taken), or a ``RecipeError``."""
+    kind = meta["kind"]
+    if isinstance(value, list) and meta["many"]:
+        return [_check_type(path, section, key, v, {**meta, "many": False}) for v in value]
+    accepted = (int, float) if kind is float else kind
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+        raise RecipeError(f"{path}: [{section}] {key} must be a {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def run_job(job: Job, verbose: bool = True):

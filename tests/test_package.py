@@ -32,3 +32,14 @@ def test_counting_lends_the_attention_counter_and_takes_it_back():
     assert Attend not in tp.utils.op_counter.MODULES_MAPPING
     without, _ = tp.utils.count_ops_and_params(model, x)
     assert with_attention > without  # the matmuls were counted inside count() only
+
+
+def test_every_function_fits_on_a_screen():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "ibprune"
+    long = [f"{path.relative_to(root)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in root.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert not long, long

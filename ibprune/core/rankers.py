@@ -1,69 +1,211 @@
-"""The usual channel-ranking criteria, from torch-pruning, for comparison with IB information.
+"""Rankers: what decides which channels leave. IB gates, or one of torch-pruning's criteria for comparison.
 
-Each returns one score per channel of every group (higher = keep), normalised by torch-pruning's default
-(the group's mean), and the pruning step ranks all channels by it globally, as torch-pruning's global pruning
-does, until the same MACs budget holds. The baselines share everything else with ibprune's method: groups,
-budget search, rounding, verification, fine-tuning.
+A ranker answers one small protocol (``Ranker``): ``rank(job)`` scores every channel of every group (higher =
+keep), and says whether it trains gates and what its scores measure. The pipeline never asks which ranker it
+holds, so a new method is one class. torch-pruning's criteria score the dense model, normalised by
+torch-pruning's default (the group's mean), and are ranked globally, as torch-pruning's global pruning does;
+they share everything else with the IB gates: groups, budget search, rounding, verification, fine-tuning.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from ibprune.core.costs import CostModel
+from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph
 from ibprune.core.modes import evaluating
-from ibprune.core.train import batches
+from ibprune.core.objective import train_gates
+from ibprune.core.prune import scores
+from ibprune.core.train import batches, steps_for
 from ibprune.errors import UnsupportedModelError
 
-CRITERIA = ("l1", "bn", "taylor", "random")
+
+@dataclass
+class RankJob:
+    """What a ranker may read: the dense model (weights it may train), its groups and cost model, the data.
+
+    ``gate()`` attaches IB gates to ``model`` and runs the pruning preflight, once; the stage calls it after
+    ``rank`` if the ranker did not, so every model is checked for prunability before it is pruned.
+    """
+
+    model: nn.Module
+    groups: list[ChannelGroup]
+    cost_model: CostModel
+    example_input: torch.Tensor
+    loader: Any
+    device: torch.device
+    target: float                  # the fraction of the cost model's metric the budget keeps
+    settings: Any                  # the run's CompressConfig (learning rates, beta, rounding, ...)
+    verbose: bool = True
+    preflight: Callable[[nn.Module, GateSet], None] | None = None
+    gates: GateSet | None = field(default=None, init=False)
+
+    def gate(self) -> GateSet:
+        if self.gates is None:
+            self.gates = GateSet(self.groups).to(self.device).attach(self.model)
+            if self.preflight is not None:
+                self.preflight(self.model, self.gates)
+        return self.gates
 
 
-def _importance(criterion: str) -> tp.importance.Importance:
-    if criterion == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if criterion == "bn":
-        return tp.importance.BNScaleImportance()
-    if criterion == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if criterion == "random":
-        return tp.importance.RandomImportance()
-    raise ValueError(f"unknown criterion {criterion!r}; expected 'ib' or one of {CRITERIA}")
+@dataclass
+class Ranking:
+    """A ranker's answer: ``scores`` (ranked, higher = keep), ``information`` (reported per channel, in the
+    ranker's unit) and ``report`` (the gate phase's summary; zeros for a ranker that trains no gates)."""
+
+    scores: dict[str, torch.Tensor]
+    information: dict[str, torch.Tensor]
+    report: dict
 
 
-def criterion_scores(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup], criterion: str,
-                     loader=None, device: torch.device | None = None,
-                     grad_batches: int = 10) -> dict[str, torch.Tensor]:
-    """Per-channel importance of every group by torch-pruning's ``criterion`` (Taylor uses ``loader``'s batches)."""
-    importance = _importance(criterion)
-    graph = build_graph(model, example_input)
-    if criterion == "taylor":
-        if loader is None:
-            raise ValueError("the taylor criterion needs training batches (loader)")
+class Ranker(Protocol):
+    name: str           # as the report and the checkpoint settings name it
+    unit: str           # what the scores measure (the channel picture's axis)
+    title: str          # the channel picture's title
+    trains_gates: bool  # whether rank() trains IB gates (a gate phase, counted in the training budget)
+
+    def rank(self, job: RankJob) -> Ranking: ...
+
+    def settings(self) -> dict: ...
+
+
+NO_GATE_PHASE = {"steps": 0, "steps_planned": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
+
+
+@dataclass
+class IBRanker:
+    """IB gates trained on task loss + beta * cost-weighted KL; a channel's score is the information it passes.
+
+    ``explored``: weights, gates and ``beta`` after an explore phase shared by several budgets (a sweep);
+    ``rank`` then runs only the squeeze.
+    """
+
+    explored: dict | None = field(default=None, repr=False)
+    name: ClassVar[str] = "ib"
+    unit: ClassVar[str] = "nats"
+    title: ClassVar[str] = "Information per channel"
+    trains_gates: ClassVar[bool] = True
+
+    def rank(self, job: RankJob) -> Ranking:
+        cfg, gates, beta = job.settings, job.gate(), job.settings.beta
+        steps = steps_for(cfg.gate_epochs, job.loader)
+        if self.explored is not None:
+            job.model.load_state_dict(self.explored["model"])
+            gates.load_state_dict(self.explored["gates"])
+            beta = self.explored["beta"]
+        pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target, steps,
+                               beta=beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
+                               round_to=cfg.round_to, per_cost=cfg.rank_per_cost,
+                               explore=0.0 if self.explored is not None else 0.5, verbose=job.verbose)
+        information = gates.information()
+        report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,
+                  "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
+        return Ranking(scores(information, job.cost_model.channel_costs(), cfg.rank_per_cost), information, report)
+
+    def explore(self, job: RankJob, epochs: float) -> dict:
+        """The explore half alone, for ``epochs`` (every channel shows how much the task needs it; it does not
+        depend on the budget): what ``IBRanker(explored=...)`` starts from, for each of several budgets."""
+        cfg, gates = job.settings, job.gate()
+        pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target,
+                               steps_for(epochs, job.loader), beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr,
+                               weight_decay=cfg.weight_decay, explore=1.0, verbose=job.verbose)
+        gates.detach()
+        return {"model": job.model.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
+
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": self.explored is not None}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A torch-pruning importance as a ranker: it scores the dense model's channels and trains no gates."""
+
+    name: str
+    importance: Callable[[], tp.importance.Importance] = field(repr=False)
+    needs_gradients: bool = False  # its scores read the task loss's gradients (on ``grad_batches`` batches)
+    grad_batches: int = 10
+    trains_gates: ClassVar[bool] = False
+
+    @property
+    def unit(self) -> str:
+        return f"{self.name} importance"
+
+    @property
+    def title(self) -> str:
+        return self.unit
+
+    def rank(self, job: RankJob) -> Ranking:
+        found = self.scores(job.model, job.example_input, job.groups, job.loader, job.device)
+        return Ranking(found, found, dict(NO_GATE_PHASE))
+
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": False}
+
+    def scores(self, model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup], loader=None,
+               device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every group (gradient criteria read ``loader``'s batches)."""
+        importance = self.importance()
+        graph = build_graph(model, example_input)
+        if self.needs_gradients:
+            if loader is None:
+                raise ValueError(f"the {self.name} criterion needs training batches (loader)")
+            model.zero_grad(set_to_none=True)
+            with evaluating(model):
+                for x, y in batches(loader, min(self.grad_batches, len(loader))):
+                    F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        modules = dict(model.named_modules())
+        found = {}
+        for g in groups:
+            root = modules[g.name]
+            if g.unit == "head":  # torch-pruning's group through the q/k/v rows and out_proj columns; mean per head
+                group = graph.get_pruning_group(root.q, tp.prune_linear_out_channels, list(range(root.q.out_features)))
+                found[g.name] = self._score(importance, group, g).view(g.size, -1).mean(dim=1)
+                continue
+            pruner = graph.get_pruner_of_module(root)
+            found[g.name] = self._score(importance, graph.get_pruning_group(root, pruner.prune_out_channels,
+                                                                            list(range(g.size))), g)
         model.zero_grad(set_to_none=True)
-        with evaluating(model):
-            for x, y in batches(loader, min(grad_batches, len(loader))):
-                F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-    modules = dict(model.named_modules())
-    scores = {}
-    for g in groups:
-        root = modules[g.name]
-        if g.unit == "head":  # torch-pruning's group through the q/k/v rows and out_proj columns; mean per head
-            group = graph.get_pruning_group(root.q, tp.prune_linear_out_channels, list(range(root.q.out_features)))
-            scores[g.name] = _score(importance, group, criterion, g).view(g.size, -1).mean(dim=1)
-            continue
-        pruner = graph.get_pruner_of_module(root)
-        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(g.size)))
-        scores[g.name] = _score(importance, group, criterion, g)
-    model.zero_grad(set_to_none=True)
-    return scores
+        return found
+
+    def _score(self, importance: tp.importance.Importance, group, g: ChannelGroup) -> torch.Tensor:
+        imp = importance(group)
+        if imp is None:  # e.g. the BN criterion on a group without BatchNorm
+            raise UnsupportedModelError(f"the {self.name!r} criterion cannot score group {g.name} (it has no layer "
+                                        f"that criterion reads); use another criterion")
+        return imp.detach().float().cpu()
 
 
-def _score(importance: tp.importance.Importance, group, criterion: str, g: ChannelGroup) -> torch.Tensor:
-    imp = importance(group)
-    if imp is None:  # e.g. the BN criterion on a group without BatchNorm
-        raise UnsupportedModelError(f"the {criterion!r} criterion cannot score group {g.name} (it has no layer "
-                                    f"that criterion reads); use another criterion")
-    return imp.detach().float().cpu()
+L1 = Criterion("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1))
+BN = Criterion("bn", tp.importance.BNScaleImportance)
+TAYLOR = Criterion("taylor", tp.importance.GroupTaylorImportance, needs_gradients=True)
+RANDOM = Criterion("random", tp.importance.RandomImportance)
+CRITERIA = tuple(c.name for c in (L1, BN, TAYLOR, RANDOM))
+RANKERS = ("ib", *CRITERIA)
+
+
+def ranker(spec: str | Ranker) -> Ranker:
+    """The ranker a name stands for ("ib" or a torch-pruning criterion); a ranker object is returned as is."""
+    if not isinstance(spec, str):
+        return spec
+    named = {"ib": IBRanker(), **{c.name: c for c in (L1, BN, TAYLOR, RANDOM)}}
+    if spec not in named:
+        raise ValueError(f"unknown criterion {spec!r}; expected one of {RANKERS}")
+    return named[spec]
+
+
+def criterion_scores(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
+                     criterion: str | Criterion, loader=None, device: torch.device | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every group by torch-pruning's ``criterion`` (a name or a ``Criterion``)."""
+    found = ranker(criterion)
+    if not isinstance(found, Criterion):
+        raise ValueError(f"{criterion!r} is not a torch-pruning criterion; expected one of {CRITERIA}")
+    return found.scores(model, example_input, groups, loader, device)

@@ -140,95 +140,124 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    extra = list(extra_optimizers)
-    opt = sched = None
-    if sgd is not None:
-        opt, sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
+    t = _Training(model, loader, steps, sgd, extra_optimizers)
     if teacher is not None:
         teacher.to(device).eval()
     every = max(1, checkpoint_every or min(steps, len(loader)) or 1)
-    stream = _Stream(loader)
-    run = {"step": 0, "sums": [0.0, 0, 0], "nan_recoveries": 0}
-
-    def snapshot() -> dict:
-        return {"step": run["step"], "sums": list(run["sums"]), "nan_recoveries": run["nan_recoveries"],
-                "model": model.state_dict(), "optimizer": opt.state_dict() if opt else None,
-                "scheduler": sched.state_dict() if sched else None, "extra": [o.state_dict() for o in extra],
-                "rng": rng_state(), "stream": stream.position()}
-
-    def restore(state: dict) -> None:
-        model.load_state_dict(state["model"])
-        if opt is not None:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        for o, s in zip(extra, state["extra"]):
-            o.load_state_dict(s)
-        run.update(step=state["step"], sums=list(state["sums"]), nan_recoveries=state["nan_recoveries"])
-        stream.seek(state["stream"], state["rng"])
-
     if resume is not None:
-        restore(resume)
-    last_good = copy.deepcopy(snapshot()) if not extra else None
-    bar = tqdm(total=steps, initial=run["step"], desc=desc, disable=None if verbose else True, leave=False,
+        t.restore(resume)
+    last_good = copy.deepcopy(t.snapshot()) if not t.extra else None
+    bar = tqdm(total=steps, initial=t.step, desc=desc, disable=None if verbose else True, leave=False,
                dynamic_ncols=True)
-    while run["step"] < steps:
-        step = run["step"]
-        x, y = stream.next()
+    while t.step < steps:
+        step = t.step
+        x, y = t.stream.next()
         x, y = _prepare(x, device), y.to(device, non_blocking=True)
-        with _autocast(device):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x).float()
-                loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(
-                    logits.float(), t_logits, temperature)
+        logits, loss = _task_loss(model, x, y, device, teacher, distill_weight, temperature)
         total = loss + penalty() if penalty is not None else loss
         if not torch.isfinite(total):
-            value = float(total.detach())
-            if last_good is None or run["nan_recoveries"] >= 1:
-                bar.close()
-                again = " again after halving the learning rate" if run["nan_recoveries"] else ""
-                raise FloatingPointError(f"{desc}: the loss became {value} at step {step}{again}; "
-                                         "nothing non-finite was saved")
-            restore(copy.deepcopy(last_good))
-            run["nan_recoveries"] += 1
-            if opt is not None:
-                sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
-                for g in opt.param_groups:
-                    g["lr"] *= 0.5
-            bar.write(f"[ibprune] {desc}: loss {value} at step {step}: rolled back to step {run['step']}, "
-                      "learning rate halved")
-            bar.n = run["step"]
+            _roll_back(t, last_good, float(total.detach()), desc, bar)
             continue
-        for o in ([opt] if opt else []) + extra:
-            o.zero_grad(set_to_none=True)
-        total.backward()
-        for o in ([opt] if opt else []) + extra:
-            o.step()
-        if sched is not None:
-            sched.step()
+        t.descend(total)
         shown = after_step(step) if after_step is not None else {}
-        sums = run["sums"]
-        sums[0] += float(loss.detach()) * len(y)
-        sums[1] += int((logits.argmax(1) == y).sum())
-        sums[2] += len(y)
-        run["step"] = step + 1
+        t.count(loss, logits, y)
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}", **shown)
-        done = stop is not None and run["step"] < steps and stop()
-        if run["step"] % every == 0 or run["step"] == steps or done:
+            bar.set_postfix(loss=f"{t.sums[0] / t.sums[2]:.3f}", acc=f"{t.sums[1] / t.sums[2]:.3f}", **shown)
+        done = stop is not None and t.step < steps and stop()
+        if t.step % every == 0 or t.step == steps or done:
             if checkpoint is not None:
-                checkpoint(snapshot())
+                checkpoint(t.snapshot())
             if last_good is not None:
-                last_good = copy.deepcopy(snapshot())
+                last_good = copy.deepcopy(t.snapshot())
         if done:
             break
     bar.close()
-    loss_sum, correct, seen = run["sums"]
-    return {"steps": run["step"], "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "nan_recoveries": run["nan_recoveries"]}
+    loss_sum, correct, seen = t.sums
+    return {"steps": t.step, "loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "nan_recoveries": t.nan_recoveries}
+
+
+class _Training:
+    """What one ``fit`` changes as it runs: the weights, the optimizers, the data position and the running sums;
+    ``snapshot`` saves all of it (with the random state) and ``restore`` puts it back."""
+
+    def __init__(self, model: nn.Module, loader, steps: int, sgd: SGDConfig | None,
+                 extra: Iterable[torch.optim.Optimizer]) -> None:
+        self.model, self.extra = model, list(extra)
+        self.opt = self.sched = None
+        if sgd is not None:
+            self.opt, self.sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
+        self.stream = _Stream(loader)
+        self.step, self.sums, self.nan_recoveries = 0, [0.0, 0, 0], 0
+
+    def snapshot(self) -> dict:
+        return {"step": self.step, "sums": list(self.sums), "nan_recoveries": self.nan_recoveries,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict() if self.opt else None,
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "extra": [o.state_dict() for o in self.extra], "rng": rng_state(), "stream": self.stream.position()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.opt is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        for o, saved in zip(self.extra, state["extra"]):
+            o.load_state_dict(saved)
+        self.step, self.sums, self.nan_recoveries = state["step"], list(state["sums"]), state["nan_recoveries"]
+        self.stream.seek(state["stream"], state["rng"])
+
+    def descend(self, total: torch.Tensor) -> None:
+        """One optimizer step of every optimizer on ``total``, then the schedule's."""
+        optimizers = ([self.opt] if self.opt else []) + self.extra
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in optimizers:
+            o.step()
+        if self.sched is not None:
+            self.sched.step()
+
+    def count(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.sums[0] += float(loss.detach()) * len(y)
+        self.sums[1] += int((logits.argmax(1) == y).sum())
+        self.sums[2] += len(y)
+        self.step += 1
+
+    def halve_lr(self) -> None:
+        if self.opt is not None:
+            self.sched.base_lrs = [b * 0.5 for b in self.sched.base_lrs]
+            for g in self.opt.param_groups:
+                g["lr"] *= 0.5
+
+
+def _task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               teacher: nn.Module | None, distill_weight: float, temperature: float):
+    """The logits and the cross-entropy, mixed with the distillation loss when there is a ``teacher``."""
+    with _autocast(device):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x).float()
+            loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(logits.float(), t_logits,
+                                                                                    temperature)
+    return logits, loss
+
+
+def _roll_back(t: _Training, last_good: dict | None, value: float, desc: str, bar) -> None:
+    """A non-finite loss: back to the last saved state at half the learning rate, once; else an error."""
+    if last_good is None or t.nan_recoveries >= 1:
+        bar.close()
+        again = " again after halving the learning rate" if t.nan_recoveries else ""
+        raise FloatingPointError(f"{desc}: the loss became {value} at step {t.step}{again}; "
+                                 "nothing non-finite was saved")
+    step = t.step
+    t.restore(copy.deepcopy(last_good))
+    t.nan_recoveries += 1
+    t.halve_lr()
+    bar.write(f"[ibprune] {desc}: loss {value} at step {step}: rolled back to step {t.step}, learning rate halved")
+    bar.n = t.step
 
 
 @torch.no_grad()

@@ -1,10 +1,51 @@
-"""report.json (machine-readable) and report.md (a table a person reads at a glance)."""
+"""report.json (machine-readable) and report.md (a table a person reads at a glance).
+
+``build`` owns report.json's schema (its keys are documented in the README); ``markdown`` and ``summary``
+render it.
+"""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
+import torch
+
 from ibprune.files import write_json, write_text
+
+SCHEMA = 1
+
+
+def build(*, target: dict[str, float], entries: dict[str, dict], counted: tuple[int, int], bench_batch: int,
+          onnx: dict, pruned_channels: dict, accuracy: dict, ranking: dict, gates: dict, finetune: dict,
+          robustness: dict | None, latency_budget: dict | None, resumed_from: str | None, notes: list[str],
+          timings: dict[str, float], device: torch.device) -> dict:
+    """The report of one run. ``entries``: the benchmark's ``original`` and ``compressed`` entries (MACs,
+    params, file size, accuracy, latency); ``counted``: the original's MACs and params as the cost model counts
+    them; ``ranking``: the ranker's name (``criterion``) and settings. Adds ``achieved`` (fractions of the
+    original) and, for a latency budget the final benchmark misses, a note."""
+    achieved = _achieved(entries, counted, bench_batch)
+    (metric, fraction), = target.items()
+    if metric == "latency" and achieved["latency"] > fraction:
+        notes = [*notes, f"the final benchmark timed the compressed model at {achieved['latency']:.3f} of the "
+                         f"original's latency, over the budget {fraction:.3f}: timing noise on a busy machine, or "
+                         "no narrower network met it (see latency_budget)"]
+    return {
+        "schema": SCHEMA, "target": target, "original": entries["original"], "compressed": entries["compressed"],
+        "achieved": achieved, "onnx": onnx, "pruned_channels": pruned_channels, "accuracy": accuracy,
+        **ranking, "gates": gates, "finetune": finetune, "robustness": robustness, "latency_budget": latency_budget,
+        "resumed_from": resumed_from, "notes": notes, "timings_s": timings,
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "machine": platform.machine()},
+    }
+
+
+def _achieved(entries: dict, counted: tuple[int, int], batch: int) -> dict:
+    """Fractions of the original kept: MACs, params, and onnxruntime p50 latency at ``batch`` (recorded)."""
+    o, c = entries["original"], entries["compressed"]
+    key = f"batch_{batch}"
+    return {"macs": c["macs"] / counted[0], "params": c["params"] / counted[1],
+            "latency": c["latency_ms"][key]["p50"] / o["latency_ms"][key]["p50"], "latency_batch": batch}
 
 
 def write(folder: str | Path, rep: dict) -> None:

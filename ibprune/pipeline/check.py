@@ -7,22 +7,20 @@ prune correctly raises ``UnsupportedModelError`` (or another ``IbpruneError``) n
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ibprune.core.costs import CostModel, count
+from ibprune.core.costs import count
 from ibprune.core.gates import GateSet
-from ibprune.core.groups import find_groups
 from ibprune.core.prune import preflight, prune_to_budget
 from ibprune.core.train import recalibrate_bn
 from ibprune.core.verify import sensitivity
 from ibprune.outputs.onnx import check_parity, export_onnx
 from ibprune.pipeline.config import CompressConfig
-from ibprune.rewrites import rewrite
+from ibprune.pipeline.stages import structure, working_copy
 from ibprune.rewrites.attention import HeadAttention
 
 
@@ -38,12 +36,10 @@ def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6
     ``ibprune.core.verify.sensitivity``). Raises ``IbpruneError`` subclasses for models ibprune cannot compress.
     """
     torch.manual_seed(seed)
-    model = copy.deepcopy(model).eval()
-    rewrite(model)
     x = example_input[:1]
+    model = working_copy(model, x.device).eval()
     lively(model, x)
-    _, groups = find_groups(model, x)
-    cost_model = CostModel(model, x, groups)
+    groups, cost_model = structure(model, x)
     gates = GateSet(groups).attach(model).eval()
     preflight(model, gates, groups, x)
     with torch.no_grad():

@@ -50,9 +50,13 @@ class Checkpoints:
                                  + "; ".join(changed) + ")")
         write_json(saved, settings)
 
+    def has(self, stage: str) -> bool:
+        """Whether ``stage`` left a checkpoint."""
+        return self.folder is not None and (self.folder / f"{stage}.pt").is_file()
+
     def load(self, stage: str) -> dict | None:
         """The saved state of ``stage``, or ``None`` when it has not finished (or nothing is kept)."""
-        if self.folder is None or not (self.folder / f"{stage}.pt").is_file():
+        if not self.has(stage):
             return None
         state = load_plain(self.folder / f"{stage}.pt", f"{stage} checkpoint")
         self.resumed.append(stage)

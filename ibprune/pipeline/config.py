@@ -11,16 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ibprune.core.rankers import CRITERIA as BASELINES
+from ibprune.core.rankers import ranker
 from ibprune.errors import BudgetError, InputError
 
-CRITERIA = ("ib", *BASELINES)  # the gates, or one of torch-pruning's criteria for comparison
 
-
-def _setting(default: Any, help: str, section: str, kind: type | None = None) -> Any:
-    """A field with its recipe ``section``, its ``help`` (the CLI's) and the ``kind`` of value it takes."""
-    return field(default=default, metadata={"help": help, "section": section,
-                                            "kind": kind or type(default)})
+def _setting(default: Any, help: str, section: str, kind: type | None = None, many: bool = False) -> Any:
+    """A field with its recipe ``section``, its ``help`` (the CLI's), the ``kind`` of value it takes and whether
+    a list of them is accepted (``many``: a sweep's budgets). ``default=MISSING``: a required field."""
+    return field(default=default, metadata={"help": help, "section": section, "kind": kind or type(default),
+                                            "many": many})
 
 
 @dataclass
@@ -47,8 +46,9 @@ class CompressConfig:
                             "train", bool)
     round_to: int | None = _setting(8, "keep channel counts a multiple of this (8: fast kernels); 1 for exact "
                                        "widths", "train", int)
-    criterion: str = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
-                                    "random (for comparisons)", "train")
+    criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
+                                    "random (for comparisons); compress() also takes a ranker object "
+                                    "(ibprune.core.rankers.Ranker)", "train", str)
     rank_per_cost: bool = _setting(False, "rank IB channels by information per unit cost (an ablation)", "train")
     device: str = _setting("auto", "auto | cpu | cuda", "train")
     seed: int = _setting(0, "random seed", "train")
@@ -65,8 +65,9 @@ class CompressConfig:
             value, kind = getattr(self, f.name), f.metadata["kind"]
             if f.metadata["section"] == "budget" or f.name == "device" and not isinstance(value, str):
                 continue  # budget(): a BudgetError; a torch.device is a device too
-            if value is None and f.default is None or f.name == "distill" and not isinstance(value, bool):
-                continue
+            if value is None and f.default is None or f.name in ("distill", "criterion") and not isinstance(
+                    value, (bool, str)):
+                continue  # distill=<model>, criterion=<ranker>
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
             elif not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -74,8 +75,7 @@ class CompressConfig:
         for name in ("gate_epochs", "finetune_epochs", "adapt_epochs", "lr", "gate_lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of {CRITERIA}")
+        ranker(self.criterion)  # a name it does not know: ValueError naming the known ones
         if self.round_to is not None and self.round_to < 1:
             raise InputError(f"round_to must be >= 1 (or None), got {self.round_to!r}")
         for name in ("bench_batch", "latency_runs"):

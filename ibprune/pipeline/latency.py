@@ -30,7 +30,7 @@ from torch import nn
 from ibprune.core.costs import CostModel
 from ibprune.core.groups import ChannelGroup
 from ibprune.core.prune import PruneResult, block_sizes, plan_removal, remove_channels
-from ibprune.core.rankers import criterion_scores
+from ibprune.core.rankers import L1
 from ibprune.errors import BudgetError
 from ibprune.outputs import benchmark as bench
 from ibprune.outputs.onnx import export_onnx, session
@@ -101,7 +101,7 @@ def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list
     if cost_model.metric != "macs":
         raise ValueError("macs_for_latency needs a MACs cost model")
     original_ms = measure(model)
-    score = criterion_scores(model, example_input, groups, "l1")
+    score = L1.scores(model, example_input, groups)
     blocks = block_sizes(groups, round_to)
     plan = LatencyPlan(target, 1.0, original_ms)
     lo, hi, best = 0.0, 1.0, None

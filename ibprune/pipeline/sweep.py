@@ -10,6 +10,7 @@ measured explore time and that saving.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -19,19 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibprune.core.costs import CostModel
-from ibprune.core.gates import GateSet
-from ibprune.core.groups import find_groups
-from ibprune.core.objective import train_gates
 from ibprune.core.prune import preflight
-from ibprune.core.train import pick_device, steps_for
+from ibprune.core.rankers import IBRanker, RankJob
 from ibprune.errors import BudgetError
 from ibprune.files import write_figure, write_json, write_text
 from ibprune.pipeline.checkpoints import Checkpoints
-from ibprune.pipeline.compress import CompressResult, adapt_dense, compress
+from ibprune.pipeline.compress import CompressResult, compress
 from ibprune.pipeline.config import CompressConfig, budget_of
-from ibprune.pipeline.inputs import check_inputs, first_batch
-from ibprune.rewrites import rewrite
+from ibprune.pipeline.stages import adapt_dense, prepare
 
 
 @dataclass
@@ -70,52 +66,23 @@ def compress_sweep(
     if any(v is not None for v in (cfg.macs, cfg.params, cfg.latency)):
         raise BudgetError("a sweep's budgets are given as budgets=[...], not as macs=, params= or latency=")
     out = Path(out_dir)
-    torch.manual_seed(cfg.seed)
-    dev = pick_device(cfg.device)
-    if example_input is None:
-        example_input = first_batch(train_loader)[0][:1]
-    example_input = example_input[:1].to(dev)
-    identity = {"metric": metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
-                "gate_lr": cfg.gate_lr, "beta": cfg.beta,
-                "seed": cfg.seed, "train_batches": len(train_loader),
-                "model": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    ckpt = Checkpoints(out / "checkpoints", identity, cfg.resume)
 
     def folder(b: float) -> Path:
         return out / f"{metric}{b:.2f}"
 
     pending = [b for b in budgets if not (cfg.resume and (folder(b) / "report.json").is_file())]
-    if pending and cfg.adapt_epochs:
-        model = copy.deepcopy(model).to(dev)
-        adapt_dense(model, train_loader, dev, ckpt, cfg.adapt_epochs, cfg.lr, cfg.weight_decay, verbose)
-    explored = ckpt.load("gates") if pending else None
-    if pending and explored is None:
-        t0 = time.perf_counter()
-        work = copy.deepcopy(model).to(dev)
-        rewrite(work)
-        check_inputs(work, train_loader, example_input)
-        _, groups = find_groups(work, example_input, ignored_layers)
-        cost_model = CostModel(work, example_input, groups, metric)
-        gates = GateSet(groups).to(dev).attach(work)
-        preflight(work, gates, groups, example_input)
-        trained = time.perf_counter()
-        pressure = train_gates(work, gates, cost_model, train_loader, dev, budgets[0],
-                               steps_for(cfg.gate_epochs / 2, train_loader), beta=cfg.beta, lr=cfg.lr,
-                               gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay, explore=1.0, verbose=verbose)
-        gates.detach()
-        explored = {"model": work.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
-        ckpt.save("gates", explored)
-        write_json(out / "explore.json", {"seconds": time.perf_counter() - t0, "beta": pressure.beta_explore,
-                                          "training_seconds": time.perf_counter() - trained})
-        del work, gates
-
+    explored = ckpt = None
+    if pending:
+        first = dataclasses.replace(cfg, **{metric: budgets[0]})
+        model, explored, example_input, ckpt = _explore(model, train_loader, first, out, example_input,
+                                                        ignored_layers, verbose)
     results: dict[float, CompressResult] = {}
     for b in budgets:
         if b in pending:
             results[b] = compress(model, train_loader, val_loader, example_input=example_input, out_dir=folder(b),
-                                  ignored_layers=ignored_layers, explored=explored, verbose=verbose,
+                                  ignored_layers=ignored_layers, verbose=verbose,
                                   **{**settings, metric: b, "gate_epochs": cfg.gate_epochs / 2, "adapt_epochs": 0.0,
-                                     "device": dev})
+                                     "device": example_input.device, "criterion": IBRanker(explored)})
         else:
             results[b] = CompressResult(None, json.loads((folder(b) / "report.json").read_text()), {}, {})
     points = [_point(b, folder(b), results[b].report) for b in budgets]
@@ -123,8 +90,39 @@ def compress_sweep(
     write_json(out / "sweep.json", summary)
     write_text(out / "sweep.md", markdown(summary))
     plot(summary, out / "sweep.png")
-    ckpt.clear()
+    if ckpt is not None:
+        ckpt.clear()
     return SweepResult(results, summary)
+
+
+def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, example_input, ignored_layers,
+             verbose: bool) -> tuple[nn.Module, dict, torch.Tensor, Checkpoints]:
+    """The dense model adapted (``adapt_epochs``) and the explore phase shared by every budget, each saved for a
+    resume; returns the model each budget compresses, the explored state, the example input and the
+    checkpoints."""
+    t0 = time.perf_counter()
+    p = prepare(model, train_loader, None, cfg, example_input=example_input, ignored_layers=ignored_layers,
+                verbose=verbose)
+    setup = time.perf_counter() - t0  # the explore's share of the preamble (the adapt epochs are not)
+    p.ckpt = Checkpoints(out / "checkpoints", {
+        "metric": p.metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
+        "gate_lr": cfg.gate_lr, "beta": cfg.beta, "seed": cfg.seed, "train_batches": len(train_loader),
+        "model": {k: list(v.shape) for k, v in model.state_dict().items()}}, cfg.resume)
+    adapt_dense(p.work, train_loader, p.device, p.ckpt, cfg, verbose)
+    start = copy.deepcopy(p.work) if cfg.adapt_epochs else model
+    explored = p.ckpt.load("gates")
+    if explored is None:
+        t0 = time.perf_counter()
+        job = RankJob(p.work, p.groups, p.cost_model, p.example_input, train_loader, p.device, p.target, cfg, verbose,
+                      preflight=lambda net, gates: preflight(net, gates, p.groups, p.example_input))
+        job.gate()
+        trained = time.perf_counter()
+        explored = IBRanker().explore(job, cfg.gate_epochs / 2)
+        p.ckpt.save("gates", explored)
+        write_json(out / "explore.json", {"seconds": setup + time.perf_counter() - t0,
+                                          "beta": explored["beta"],
+                                          "training_seconds": time.perf_counter() - trained})
+    return start, explored, p.example_input, p.ckpt
 
 
 def sweep_budgets(metric: str, budgets: Sequence[float]) -> list[float]:

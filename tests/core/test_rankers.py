@@ -64,3 +64,30 @@ def test_unknown_criterion(digits_net):
     _, groups = find_groups(digits_net, x)
     with pytest.raises(ValueError, match="unknown criterion"):
         criterion_scores(digits_net, x, groups, "magic")
+
+
+def test_a_ranker_of_ones_own_plugs_in_without_a_pipeline_edit(digits_net, random_loader):
+    """A new ranking method is one class: here the *smallest* L1 filters are kept, the opposite of L1."""
+    from ibprune.core.rankers import L1, NO_GATE_PHASE, Ranking
+
+    class Contrary:
+        name, unit, title, trains_gates = "contrary", "negative l1", "negative l1", False
+
+        def rank(self, job):
+            found = {k: -v for k, v in L1.scores(job.model, job.example_input, job.groups).items()}
+            return Ranking(found, found, dict(NO_GATE_PHASE))
+
+        def settings(self):
+            return {"criterion": self.name}
+
+    kw = dict(macs=0.5, finetune_epochs=0.0, round_to=1, latency_runs=3, bench_batch=4, verbose=False)
+    ours = ibprune.compress(digits_net, random_loader(), criterion=Contrary(), **kw)
+    l1 = ibprune.compress(digits_net, random_loader(), criterion="l1", **kw)
+    assert ours.report["criterion"] == "contrary" and ours.report["gates"]["steps"] == 0
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(digits_net, x)
+    scores = criterion_scores(digits_net, x, groups, "l1")
+    for name, gone in ours.removed.items():  # the filters it removed are L1's largest, L1's own removals its smallest
+        if gone and l1.removed.get(name):
+            assert scores[name][gone].mean() > scores[name][l1.removed[name]].mean(), name
+    assert any(ours.removed.values())

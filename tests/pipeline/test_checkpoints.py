@@ -102,21 +102,21 @@ def test_compress_resumes_after_the_pruning_stage(digits_net, tmp_path, monkeypa
     reference = _compress(digits_net, tmp_path / "ref")
     assert not (tmp_path / "ref" / "checkpoints").exists()  # cleared once the outputs are written
 
-    import ibprune.pipeline.compress
+    import ibprune.pipeline.stages
 
-    real_fit = ibprune.pipeline.compress.fit
+    real_fit = ibprune.pipeline.stages.fit
 
     def dies(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ibprune.pipeline.compress, "fit", dies)
+    monkeypatch.setattr(ibprune.pipeline.stages, "fit", dies)
     with pytest.raises(KeyboardInterrupt):
         _compress(digits_net, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "gates.pt", "pruned.pt", "settings.json"]
     with pytest.raises(InputError, match="resume=True"):
         _compress(digits_net, tmp_path / "run")
-    monkeypatch.setattr(ibprune.pipeline.compress, "fit", real_fit)
+    monkeypatch.setattr(ibprune.pipeline.stages, "fit", real_fit)
     result = _compress(digits_net, tmp_path / "run", resume=True)
     assert result.report["resumed_from"] == "pruned"
     assert result.report["pruned_channels"] == reference.report["pruned_channels"]

@@ -124,7 +124,7 @@ def test_distill_from_a_given_teacher(digits_net, random_loader):
 
 
 def test_adapt_first_then_distill_from_the_adapted_model(digits_net, random_loader, monkeypatch):
-    import ibprune.pipeline.compress as api
+    import ibprune.pipeline.stages as api
 
     calls, real_fit = [], api.fit
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import ibprune
-import ibprune.pipeline.compress
+import ibprune.pipeline.stages
 from ibprune.core.costs import CostModel, count
 from ibprune.core.groups import find_groups
 from ibprune.core.prune import PruneResult
@@ -77,7 +77,7 @@ def clocks(digits_net, monkeypatch) -> list[MacsClock]:
         made[-1].threads = threads
         return made[-1]
 
-    monkeypatch.setattr(ibprune.pipeline.compress, "LatencyMeter", fake_meter)
+    monkeypatch.setattr(ibprune.pipeline.stages, "LatencyMeter", fake_meter)
     return made
 
 
@@ -118,15 +118,15 @@ def test_the_latency_search_on_real_timings(digits_net, random_loader):
 
 
 def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader, tmp_path, monkeypatch, clocks):
-    real_stage = ibprune.pipeline.compress._gate_stage
-    monkeypatch.setattr(ibprune.pipeline.compress, "_gate_stage", _dies)
+    real_stage = ibprune.pipeline.stages.rank
+    monkeypatch.setattr(ibprune.pipeline.stages, "rank", _dies)
     loader = random_loader()
     kwargs = dict(LATENCY_RUN, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ibprune.compress(digits_net, loader, **kwargs)
     searched = clocks[-1].calls
     assert (tmp_path / "checkpoints" / "latency.pt").is_file() and searched == 7  # the original + 6 candidates
-    monkeypatch.setattr(ibprune.pipeline.compress, "_gate_stage", real_stage)
+    monkeypatch.setattr(ibprune.pipeline.stages, "rank", real_stage)
     rep = ibprune.compress(digits_net, loader, resume=True, **kwargs).report
     # the original (the meter's reference) and the pruned network were timed, no search
     assert clocks[-1].calls == 1 + len(rep["latency_budget"]["pruned"])
@@ -134,15 +134,15 @@ def test_a_resumed_run_keeps_the_macs_target_it_found(digits_net, random_loader,
 
 
 def test_a_run_resumed_after_pruning_times_nothing_again(digits_net, random_loader, tmp_path, monkeypatch, clocks):
-    real_fit = ibprune.pipeline.compress.fit
-    monkeypatch.setattr(ibprune.pipeline.compress, "fit", _dies)  # the fine-tune: the pruned stage is saved by then
+    real_fit = ibprune.pipeline.stages.fit
+    monkeypatch.setattr(ibprune.pipeline.stages, "fit", _dies)  # the fine-tune: the pruned stage is saved by then
     loader = random_loader()
     kwargs = dict(LATENCY_RUN, out_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ibprune.compress(digits_net, loader, **kwargs)
     first = clocks[-1].calls
     assert (tmp_path / "checkpoints" / "pruned.pt").is_file()
-    monkeypatch.setattr(ibprune.pipeline.compress, "fit", real_fit)
+    monkeypatch.setattr(ibprune.pipeline.stages, "fit", real_fit)
     rep = ibprune.compress(digits_net, loader, resume=True, **kwargs).report
     assert len(clocks) == 1 and clocks[0].calls == first and rep["resumed_from"] == "pruned"  # nothing timed
     assert rep["latency_budget"]["pruned"] and first == 7 + len(rep["latency_budget"]["pruned"])

@@ -11,17 +11,17 @@ from ibprune.errors import BudgetError, InputError
 def test_a_sweep_prunes_each_budget_from_one_explore_phase(digits_net, tmp_path, monkeypatch):
     import time
 
-    import ibprune.pipeline.sweep
+    import ibprune.core.rankers
 
-    explores, real = [], ibprune.pipeline.sweep.train_gates  # the shared phase's training, timed by wall clock here
+    phases, real = [], ibprune.core.rankers.train_gates  # every gate phase's training, timed by wall clock here
 
     def timed(*a, **k):
         t0 = time.perf_counter()
         out = real(*a, **k)
-        explores.append((k["explore"], time.perf_counter() - t0))
+        phases.append((k["explore"], time.perf_counter() - t0))
         return out
 
-    monkeypatch.setattr(ibprune.pipeline.sweep, "train_gates", timed)
+    monkeypatch.setattr(ibprune.core.rankers, "train_gates", timed)
     train, val = digits_loaders(64, 0)
     sweep = ibprune.compress_sweep(digits_net, train, val, budgets=[0.4, 0.7], out_dir=tmp_path, gate_epochs=1,
                                    finetune_epochs=0.5, latency_runs=3, bench_batch=4, verbose=False)
@@ -32,7 +32,8 @@ def test_a_sweep_prunes_each_budget_from_one_explore_phase(digits_net, tmp_path,
         assert (tmp_path / f"macs{budget:.2f}" / "model.onnx").is_file()
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["budget"] for p in summary["points"]] == [0.7, 0.4]
-    (explore, seconds), = explores  # one explore-only phase, shared by both budgets
+    (explore, seconds), = [p for p in phases if p[0] > 0]  # one explore-only phase, shared by both budgets
+    assert [e for e, _ in phases] == [1.0, 0.0, 0.0]  # then a squeeze per budget
     t = summary["time_s"]
     assert explore == 1.0 and t["explore_training"] == pytest.approx(seconds, rel=0.05, abs=0.05)
     assert t["explore_once"] >= t["explore_training"]
@@ -56,7 +57,7 @@ def test_sweep_budgets_are_checked(digits_net, tmp_path):
 
 
 def test_a_sweep_adapts_the_dense_model_once(digits_net, tmp_path, monkeypatch):
-    import ibprune.pipeline.compress as api
+    import ibprune.pipeline.stages as api
 
     descs, real_fit = [], api.fit  # every training run of the sweep and of its compress() calls
     monkeypatch.setattr(api, "fit", lambda *a, **k: descs.append(k["desc"]) or real_fit(*a, **k))

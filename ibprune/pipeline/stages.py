@@ -1,0 +1,450 @@
+"""The stages of ``compress``, each a plain function ``(Prepared, Run) -> its output``, and the runner.
+
+``prepare`` builds what every stage reads (``Prepared``: the settings, the working copy of the model, its channel
+groups and cost model, the data, the ranker); each stage then reads the outputs of the stages before it from
+``Run`` and returns its own. ``run_stages`` iterates the stage list: it times each stage, checkpoints the output
+of every stage marked ``saved`` (with the random-number state and the timings so far) and, on a resumed run,
+restores those outputs up to the last one saved instead of running them. No stage asks whether it was resumed.
+Stages that train for long (``adapt``, ``finetune``) also checkpoint inside, through ``fit``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ibprune.core.costs import CostModel
+from ibprune.core.gates import GateSet
+from ibprune.core.groups import ChannelGroup, find_groups
+from ibprune.core.modes import evaluating, rng_state, set_rng_state
+from ibprune.core.prune import preflight, prune_to_budget, remove_channels
+from ibprune.core.rankers import Ranker, RankJob, ranker
+from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
+from ibprune.errors import InputError
+from ibprune.files import write_json
+from ibprune.outputs import benchmark, channels, onnx, report
+from ibprune.outputs.compressed import save_compressed
+from ibprune.outputs.robustness import adversarial_accuracy
+from ibprune.pipeline.checkpoints import Checkpoints
+from ibprune.pipeline.config import CompressConfig
+from ibprune.pipeline.inputs import check_inputs, first_batch
+from ibprune.pipeline.latency import LatencyMeter, LatencyPlan, macs_for_latency, meet
+from ibprune.rewrites import rewrite
+
+_LOG = logging.getLogger("ibprune")
+
+
+@dataclass
+class Prepared:
+    """What every stage reads: made once by ``prepare``, never changed by a stage (``work`` is trained)."""
+
+    cfg: CompressConfig
+    metric: str                     # the budget's: "macs", "params" or "latency"
+    target: float                   # the budget, a fraction of the original's metric
+    device: torch.device
+    original: nn.Module             # the model as given (never modified)
+    work: nn.Module                 # its rewritten copy on ``device``: adapted, gated, then pruned
+    example_input: torch.Tensor
+    groups: list[ChannelGroup]
+    cost_model: CostModel           # counts MACs for a latency budget, else the budget's metric
+    ranker: Ranker
+    train: Any
+    val: Any = None
+    teacher: nn.Module | None = None  # given as distill=<model>
+    ckpt: Checkpoints = field(default_factory=lambda: Checkpoints(None, {}))
+    folder: Path | None = None      # where outputs are written (a scratch folder when the user gave none)
+    keep_outputs: bool = False      # whether ``folder`` is the user's
+    verbose: bool = True
+    _meter: LatencyMeter | None = field(default=None, repr=False)
+    _reference_ms: float | None = None
+
+    def meter(self) -> LatencyMeter:
+        """The latency meter of a latency budget, made on first use (a run resumed after pruning times nothing)."""
+        if self._meter is None:
+            self._meter = LatencyMeter(self.example_input.cpu(), self.cfg.bench_batch, benchmark.default_threads(),
+                                       self.cfg.latency_runs)
+        return self._meter
+
+    def reference_ms(self) -> float:
+        """The original's latency as this process's meter timed it: every later timing is a ratio to it."""
+        if self._reference_ms is None:
+            self._reference_ms = self.meter()(self.work)
+        return self._reference_ms
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            _LOG.info(message)
+
+    def accuracy(self, net: nn.Module) -> float | None:
+        return evaluate(net, self.val, self.device) if self.val is not None else None
+
+    @property
+    def distill_name(self) -> str | None:
+        """The report's name of the teacher: "teacher" (given), "adapted", "original", or None."""
+        if self.teacher is not None:
+            return "teacher"
+        return ("adapted" if self.cfg.adapt_epochs else "original") if self.cfg.distill else None
+
+
+@dataclass
+class Ranked:
+    """``rank``: the trained weights and gates, the ranking, the gate phase's summary and accuracies so far."""
+
+    model: dict
+    gates: dict
+    scores: dict[str, torch.Tensor]
+    information: dict[str, torch.Tensor]
+    gate_report: dict
+    accuracy: dict
+
+
+@dataclass
+class Pruned:
+    """``prune``: the slim model, what was removed, and what it carries forward from the stages before."""
+
+    model: nn.Module
+    removed: dict[str, list[int]]
+    fraction: float
+    max_abs_diff: float
+    information: dict[str, torch.Tensor]
+    gate_report: dict
+    accuracy: dict
+    latency: dict | None
+
+
+@dataclass
+class Tuned:
+    accuracy: dict
+    steps: int
+    nan_recoveries: int
+
+
+@dataclass
+class Exported:
+    paths: dict[str, Path]
+    max_abs_diff: dict[str, float]
+
+
+@dataclass
+class Run:
+    """The stages' outputs so far, by stage name."""
+
+    teacher: nn.Module | None = None
+    latency: LatencyPlan | None = None
+    gates: Ranked | None = None
+    pruned: Pruned | None = None
+    finetune: Tuned | None = None
+    robustness: dict | None = None
+    export: Exported | None = None
+    benchmark: dict[str, dict] | None = None
+    report: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline. ``saved``: its output is checkpointed (``state`` makes it plain data and
+    ``restore`` rebuilds it); ``timing``: the report's name for its seconds (``None``: not reported)."""
+
+    name: str
+    run: Callable[[Prepared, Run], Any]
+    timing: str | None = None
+    state: Callable[[Any], dict] | None = None
+    restore: Callable[[Prepared, dict], Any] | None = None
+
+    @property
+    def saved(self) -> bool:
+        return self.state is not None
+
+
+def run_stages(stages: list[Stage], p: Prepared) -> Run:
+    """Run ``stages`` in order; on a resumed run, restore the saved ones up to the last saved instead."""
+    run = Run()
+    last = max((i for i, s in enumerate(stages) if s.saved and p.ckpt.has(s.name)), default=-1)
+    for i, stage in enumerate(stages):
+        if stage.saved and i <= last:
+            saved = p.ckpt.load(stage.name)
+            if saved is not None:
+                setattr(run, stage.name, stage.restore(p, saved["output"]))
+                run.timings = dict(saved["timings"])
+                set_rng_state(saved["rng"], p.train)
+                continue
+        t0 = time.perf_counter()
+        setattr(run, stage.name, stage.run(p, run))
+        if stage.timing is not None:
+            run.timings[stage.timing] = time.perf_counter() - t0
+        if stage.saved:
+            p.ckpt.save(stage.name, {"output": stage.state(getattr(run, stage.name)), "timings": run.timings,
+                                     "rng": rng_state(p.train)})
+    return run
+
+
+def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, example_input=None,
+            ignored_layers=None, out_dir=None, folder: Path | None = None, verbose: bool = True) -> Prepared:
+    """Everything before the first stage: seed, device, the working copy, input checks, channel groups, cost
+    model, the ranker and the stage checkpoints; fails with an ``IbpruneError`` before any training."""
+    metric, target = cfg.budget()
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    if example_input is None:
+        example_input = first_batch(train_loader)[0][:1]
+    example_input = example_input[:1].to(dev)
+    work = working_copy(model, dev)
+    classes = check_inputs(work, train_loader, example_input)
+    teacher = copy.deepcopy(cfg.distill).eval() if isinstance(cfg.distill, nn.Module) else None
+    if teacher is not None:
+        check_teacher(teacher.to(dev), classes, example_input)
+    chosen = ranker(cfg.criterion)
+    if not chosen.trains_gates:  # a criterion ranks without a gate phase
+        cfg = dataclasses.replace(cfg, gate_epochs=0.0)
+    groups, cost_model = structure(work, example_input, ignored_layers, "macs" if metric == "latency" else metric)
+    p = Prepared(cfg, metric, target, dev, model, work, example_input, groups, cost_model, chosen, train_loader,
+                 val_loader, teacher, folder=folder, keep_outputs=out_dir is not None, verbose=verbose)
+    if out_dir is not None:
+        p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), cfg.resume)
+    p.log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
+          f"{cost_model.macs / 1e6:.2f} M MACs, {cost_model.params / 1e6:.3f} M params; "
+          f"target {metric} <= {target:.3f}")
+    return p
+
+
+def working_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``model`` on ``device`` with its structure exposed to pruning (attention heads, channel
+    shuffles), computing the same function."""
+    work = copy.deepcopy(model).to(device)
+    rewrite(work)
+    return work
+
+
+def structure(work: nn.Module, example_input: torch.Tensor, ignored_layers=None,
+              metric: str = "macs") -> tuple[list[ChannelGroup], CostModel]:
+    """The channel groups of ``work`` and its cost model (counting ``metric``)."""
+    _, groups = find_groups(work, example_input, ignored_layers)
+    return groups, CostModel(work, example_input, groups, metric)
+
+
+def settings_identity(p: Prepared) -> dict:
+    """What a resumed run must share with the run it finishes (``Checkpoints`` compares it)."""
+    cfg = p.cfg
+    return {"budget": {p.metric: p.target}, "gate_epochs": cfg.gate_epochs, "finetune_epochs": cfg.finetune_epochs,
+            "adapt_epochs": cfg.adapt_epochs, "lr": cfg.lr, "gate_lr": cfg.gate_lr, "weight_decay": cfg.weight_decay,
+            "beta": cfg.beta, "distill": p.distill_name, "round_to": cfg.round_to, "rank_per_cost": cfg.rank_per_cost,
+            "seed": cfg.seed, **p.ranker.settings(), "train_batches": len(p.train),
+            "input_shape": list(p.example_input.shape),
+            "model": {k: list(v.shape) for k, v in p.work.state_dict().items()}}
+
+
+@torch.no_grad()
+def check_teacher(teacher: nn.Module, classes: int, example_input: torch.Tensor) -> None:
+    """A teacher must take the model's input and give ``(batch, classes)`` outputs, as the model does."""
+    with evaluating(teacher):
+        try:
+            out = teacher(example_input)
+        except Exception as e:  # noqa: BLE001 - any failure here means the teacher does not fit the data
+            raise InputError(f"distill: the teacher model fails on the example input: {e}") from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(example_input), classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"distill: the teacher's output has shape {shape}, the model's "
+                         f"{(len(example_input), classes)}: distillation needs the same outputs")
+
+
+# --- the stages ---------------------------------------------------------------------------------------------
+
+
+def adapt(p: Prepared, run: Run) -> nn.Module | None:
+    """Fine-tune the dense model for ``adapt_epochs`` (none at 0); returns the teacher a distilled fine-tune
+    learns from (the given one, else the model as it is now, adapted or not)."""
+    adapt_dense(p.work, p.train, p.device, p.ckpt, p.cfg, p.verbose)
+    if p.teacher is not None or not p.cfg.distill:
+        return p.teacher
+    return copy.deepcopy(p.work).eval()
+
+
+def adapt_dense(model: nn.Module, loader, device: torch.device, ckpt: Checkpoints, cfg: CompressConfig,
+                verbose: bool) -> None:
+    """Fine-tune the dense ``model`` in place for ``cfg.adapt_epochs`` (nothing at 0), checkpointed every epoch
+    into ``ckpt``, which a resumed run restores instead of training again."""
+    if cfg.adapt_epochs:
+        fit(model, loader, steps_for(cfg.adapt_epochs, loader), device,
+            SGDConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), desc="adapt", verbose=verbose,
+            checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
+        model.eval()
+
+
+def plan_latency(p: Prepared, run: Run) -> LatencyPlan:
+    """A latency budget as a MACs target, found by timing candidate networks before any training."""
+    searched = time.perf_counter()
+    plan = macs_for_latency(p.work, p.example_input, p.groups, p.cost_model, p.target, p.meter(),
+                            round_to=p.cfg.round_to)  # its first timing, the original's, is the reference
+    p._reference_ms = plan.original_ms
+    plan.seconds = time.perf_counter() - searched
+    p.log(f"[ibprune] latency budget {p.target:.3f} of {plan.original_ms:.3g} ms (onnxruntime, batch "
+          f"{p.cfg.bench_batch}, {p.meter().threads} thread(s)): pruning to {plan.macs:.3f} of the MACs")
+    return plan
+
+
+def rank(p: Prepared, run: Run) -> Ranked:
+    """Score every channel with the ranker (the IB gate phase, or a criterion), after the pruning preflight."""
+    first = ({"original": p.accuracy(copy.deepcopy(p.original)), "adapted": p.accuracy(p.work)}
+             if p.cfg.adapt_epochs else {"original": p.accuracy(p.work)})
+    job = RankJob(p.work, p.groups, p.cost_model, p.example_input, p.train, p.device, _cut(p, run), p.cfg,
+                  p.verbose, preflight=lambda model, gates: preflight(model, gates, p.groups, p.example_input))
+    ranking = p.ranker.rank(job)
+    gates = job.gate()  # a ranker that trains no gates: untrained gates (z = mu = 1) pass everything
+    gates.eval()
+    accuracy = {**first, "gated": p.accuracy(p.work)}
+    gates.detach()
+    return Ranked(p.work.state_dict(), gates.state_dict(),
+                  {k: v.detach().cpu() for k, v in ranking.scores.items()},
+                  {k: v.detach().cpu() for k, v in ranking.information.items()}, ranking.report, accuracy)
+
+
+def _cut(p: Prepared, run: Run) -> float:
+    """The fraction of the cost model's metric to prune to."""
+    return run.latency.macs if run.latency is not None else p.target
+
+
+def prune(p: Prepared, run: Run) -> Pruned:
+    """Remove the lowest-ranked channels until the budget holds (a latency budget: as timed), checked."""
+    ranked = run.gates
+    gates = GateSet(p.groups).to(p.device).attach(p.work)
+    p.work.load_state_dict(ranked.model)
+    gates.load_state_dict(ranked.gates)
+    gates.eval()
+
+    def to(fraction: float):
+        return prune_to_budget(p.work, gates, p.groups, p.example_input, p.cost_model, fraction, p.cfg.round_to,
+                               importance={k: v.to(p.device) for k, v in ranked.scores.items()})
+
+    if run.latency is None:
+        result = to(p.target)
+    else:  # timed against this process's timing of the original
+        run.latency.original_ms = p.reference_ms()
+        result = meet(to, p.meter(), run.latency)
+    gates.detach()
+    slim, accuracy = result.model, dict(ranked.accuracy)
+    accuracy["pruned"] = p.accuracy(slim)
+    recalibrate_bn(slim, p.train, p.device)
+    accuracy["pruned_bn_recalibrated"] = p.accuracy(slim)
+    return Pruned(slim, result.removed, result.fraction, result.max_abs_diff, ranked.information,
+                  ranked.gate_report, accuracy, asdict(run.latency) if run.latency is not None else None)
+
+
+def pruned_state(out: Pruned) -> dict:
+    return {**{k: v for k, v in vars(out).items() if k != "model"}, "model": out.model.state_dict()}
+
+
+def restore_pruned(p: Prepared, saved: dict) -> Pruned:
+    """The slim model rebuilt on the original architecture and loaded with the saved weights."""
+    slim = remove_channels(copy.deepcopy(p.original).to(p.device).eval(), p.example_input, saved["removed"])
+    slim.load_state_dict(saved["model"])
+    p.log("[ibprune] resumed after pruning")
+    return Pruned(**{**saved, "model": slim})
+
+
+def finetune(p: Prepared, run: Run) -> Tuned:
+    """Fine-tune the slim model for ``finetune_epochs`` plus the steps the gate phase did not need."""
+    pruned, gate_report = run.pruned, run.pruned.gate_report
+    p.log(f"[ibprune] pruned to {pruned.fraction:.3f} of the original {p.cost_model.metric} "
+          f"(function check max diff {pruned.max_abs_diff:.2g}); accuracy {_fmt(pruned.accuracy)}")
+    steps = (steps_for(p.cfg.finetune_epochs, p.train)
+             + gate_report.get("steps_planned", gate_report["steps"]) - gate_report["steps"])
+    tuned = fit(pruned.model, p.train, steps, p.device, SGDConfig(lr=p.cfg.lr, weight_decay=p.cfg.weight_decay),
+                teacher=run.teacher, desc="finetune", verbose=p.verbose, checkpoint=p.ckpt.saver("finetune"),
+                resume=p.ckpt.load("finetune"))
+    pruned.model.eval()
+    return Tuned(dict(pruned.accuracy, finetuned=p.accuracy(pruned.model)), steps, tuned["nan_recoveries"])
+
+
+def robustness(p: Prepared, run: Run) -> dict:
+    """FGSM and PGD accuracy of the original and the compressed model (``robustness_eps``)."""
+    return adversarial_accuracy({"original": copy.deepcopy(p.original).to(p.device), "compressed": run.pruned.model},
+                                p.val, p.device, p.cfg.robustness_eps)
+
+
+def export(p: Prepared, run: Run) -> Exported:
+    """Both models to ONNX, each checked against PyTorch with onnxruntime."""
+    paths = {"original": p.folder / "original.onnx", "compressed": p.folder / "model.onnx"}
+    diffs = {}
+    for key, net in (("original", p.original), ("compressed", run.pruned.model)):
+        onnx.export_onnx(net, p.example_input, paths[key])
+        diffs[key] = onnx.check_parity(paths[key], net, p.example_input)
+    return Exported(paths, diffs)
+
+
+def bench(p: Prepared, run: Run) -> dict[str, dict]:
+    """MACs, params, file size and onnxruntime latency of both models (batch 1 and ``bench_batch``)."""
+    acc = run.finetune.accuracy
+    return {key: benchmark.profile(net, run.export.paths[key], p.example_input, batch_sizes=(1, p.cfg.bench_batch),
+                                   runs=p.cfg.latency_runs, accuracy=acc[a])
+            for key, net, a in (("original", p.original, "original"), ("compressed", run.pruned.model, "finetuned"))}
+
+
+def _fmt(acc: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None) or "n/a (no val_loader)"
+
+
+def write_report(p: Prepared, run: Run) -> dict:
+    """The report (``report.build``); with an output folder also the channel picture, the report files and the
+    compressed model, after which the stage checkpoints are deleted."""
+    pruned, cfg = run.pruned, p.cfg
+    rep = report.build(
+        target={p.metric: p.target}, entries=run.benchmark, counted=(p.cost_model.macs, p.cost_model.params),
+        bench_batch=cfg.bench_batch, onnx=_onnx_entry(p, run.export),
+        pruned_channels={g.name: {"kept": g.size - len(pruned.removed.get(g.name, [])), "total": g.size,
+                                  "unit": g.unit} for g in p.groups},
+        accuracy=run.finetune.accuracy, ranking={"criterion": p.ranker.name, "rank_per_cost": cfg.rank_per_cost},
+        gates=dict(pruned.gate_report, epochs=cfg.gate_epochs, beta_given=cfg.beta is not None,
+                   information_nats={g.name: float(pruned.information[g.name].sum()) for g in p.groups}
+                   if p.ranker.trains_gates else None),
+        finetune={"epochs": cfg.finetune_epochs, "steps": run.finetune.steps, "distill": p.distill_name,
+                  "lr": cfg.lr, "nan_recoveries": run.finetune.nan_recoveries},
+        robustness=run.robustness, latency_budget=pruned.latency,
+        resumed_from=p.ckpt.resumed[-1] if p.ckpt.resumed else None, notes=_notes(p, run), timings=run.timings,
+        device=p.device)
+    if p.keep_outputs:
+        rep["information"] = _channel_picture(p, pruned)
+        report.write(p.folder, rep)
+        save_compressed(p.folder / "compressed.pt", pruned.model, pruned.removed, p.example_input)
+        p.ckpt.clear()
+    p.log(report.summary(rep))
+    return rep
+
+
+def _onnx_entry(p: Prepared, exported: Exported) -> dict:
+    paths = exported.paths
+    return {"path": str(paths["compressed"]) if p.keep_outputs else None,
+            "original_path": str(paths["original"]) if p.keep_outputs else None,
+            "max_abs_diff": exported.max_abs_diff["compressed"],
+            "original_max_abs_diff": exported.max_abs_diff["original"],
+            "opset": onnx.onnx_opset(exported.paths["compressed"])}
+
+
+def _notes(p: Prepared, run: Run) -> list[str]:
+    notes = []
+    if p.metric != "latency" and run.pruned.fraction < p.target - 0.03:
+        notes.append(f"achieved {p.metric} {run.pruned.fraction:.3f} is more than 0.03 below the budget "
+                     f"{p.target:.3f}: the channel widths (round_to={p.cfg.round_to}) allow no closer fit")
+    if run.finetune.nan_recoveries:
+        notes.append("the fine-tune loss became non-finite once: it was rolled back to its last checkpoint and "
+                     "continued at half the learning rate")
+    return notes
+
+
+def _channel_picture(p: Prepared, pruned: Pruned) -> dict:
+    """``information.json`` and ``information.png``: every channel's score, the removed ones marked."""
+    position = {name: i for i, (name, _) in enumerate(p.original.named_modules())}
+    info = pruned.information
+    prof = channels.profile({n: info[n] for n in sorted(info, key=position.get)}, pruned.removed, p.ranker.unit)
+    write_json(p.folder / "information.json", prof)
+    channels.plot(prof, p.folder / "information.png", p.ranker.title)
+    return {"unit": p.ranker.unit, "json": "information.json", "plot": "information.png"}
