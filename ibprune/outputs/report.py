@@ -18,7 +18,8 @@ SCHEMA = 1
 
 def build(*, target: dict[str, float], entries: dict[str, dict], counted: tuple[int, int], bench_batch: int,
           onnx: dict, pruned_channels: dict, accuracy: dict, ranking: dict, gates: dict, finetune: dict,
-          robustness: dict | None, latency_budget: dict | None, resumed_from: str | None, notes: list[str],
+          robustness: dict | None, latency_budget: dict | None, int8: dict | None, resumed_from: str | None,
+          notes: list[str],
           timings: dict[str, float], device: torch.device) -> dict:
     """The report of one run. ``entries``: the benchmark's ``original`` and ``compressed`` entries (MACs,
     params, file size, accuracy, latency); ``counted``: the original's MACs and params as the cost model counts
@@ -34,7 +35,7 @@ def build(*, target: dict[str, float], entries: dict[str, dict], counted: tuple[
         "schema": SCHEMA, "target": target, "original": entries["original"], "compressed": entries["compressed"],
         "achieved": achieved, "onnx": onnx, "pruned_channels": pruned_channels, "accuracy": accuracy,
         **ranking, "gates": gates, "finetune": finetune, "robustness": robustness, "latency_budget": latency_budget,
-        "resumed_from": resumed_from, "notes": notes, "timings_s": timings,
+        "int8": int8, "resumed_from": resumed_from, "notes": notes, "timings_s": timings,
         "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "machine": platform.machine()},
     }
@@ -120,6 +121,41 @@ def _robustness(rep: dict) -> list[str]:
               for name, acc in r["models"].items()), ""]
 
 
+def _deployment(rep: dict) -> list[str]:
+    """The ONNX files as deployed: accuracy run by onnxruntime and latency, fp32 and (``quantize``) int8."""
+    onnx, int8 = rep["onnx"], rep.get("int8")
+    if onnx.get("accuracy") is None and not int8:
+        return []
+    pct = _pct
+    rows = [("original fp32", pct(onnx.get("original_accuracy")), rep["original"]),
+            ("compressed fp32", pct(onnx.get("accuracy")), rep["compressed"])]
+    if int8:
+        rows.insert(1, ("original int8", pct(int8["original"]["accuracy"]), int8["original"]))
+        rows.append(("compressed int8", pct(int8["compressed"]["accuracy"]), int8["compressed"]))
+    base = rep["original"]["latency_ms"]
+    keys = [k for k in base if k.startswith("batch_")]
+    lines = ["## The deployed files", "",
+             "Accuracy of each ONNX file run by onnxruntime on the validation data; latency p50 / p90 (ms) and "
+             "speed-up against the original fp32 file.", "",
+             "| file | accuracy | size | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+             "| --- | --- | --- |" + " --- |" * len(keys)]
+    for name, acc, entry in rows:
+        lat = entry["latency_ms"]
+        cells = [f"{lat[k]['p50']:.3f} / {lat[k]['p90']:.3f} ({base[k]['p50'] / lat[k]['p50']:.2f}x)" for k in keys]
+        lines.append(f"| {name} | {acc} | {entry['onnx_bytes'] / 1024:.0f} KiB | " + " | ".join(cells) + " |")
+    if int8:
+        lines += ["", f"int8: onnxruntime static QDQ, per-channel weights, calibrated on "
+                      f"{int8['calibration']['images']} training images; "
+                      + "; ".join(f"{key}: {int8[key]['recipe']}"
+                                  + ("" if int8[key]["ok"] else " (**not verified**, see the notes)")
+                                  for key in ("original", "compressed")) + "."]
+    return [*lines, ""]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
 def _steps(rep: dict) -> list[str]:
     gates, tune = rep["gates"], rep.get("finetune", {})
     if "steps" not in tune or "steps_planned" not in gates:
@@ -155,6 +191,7 @@ def markdown(rep: dict) -> str:
           f"{_nats(rep, name)} |"
           for name, v in rep["pruned_channels"].items()),
         "",
+        *_deployment(rep),
         *_picture(rep),
         *_robustness(rep),
         "## Time per stage", "",

@@ -1,6 +1,7 @@
 """``compress()``: the stage list, run by ``ibprune.pipeline.stages.run_stages``.
 
-prepare -> adapt -> (latency plan) -> rank -> prune -> finetune -> (robustness) -> export -> benchmark -> report
+prepare -> adapt -> (latency plan) -> rank -> prune -> finetune -> (robustness) -> export -> (quantize)
+-> benchmark -> report
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def stages(p: s.Prepared) -> list[s.Stage]:
         s.Stage("robustness", s.robustness, "robustness")
         if p.cfg.robustness_eps is not None and p.val is not None else None,
         s.Stage("export", s.export, "export"),
+        s.Stage("quantize", s.int8, "quantize") if p.cfg.quantize else None,
         s.Stage("benchmark", s.bench, "benchmark"),
         s.Stage("report", s.write_report),
     ]

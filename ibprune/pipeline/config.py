@@ -57,6 +57,12 @@ class CompressConfig:
     robustness_eps: float | None = _setting(
         None, "add FGSM/PGD accuracy of both models at this L-inf size (in input-std units, e.g. 0.03) to the "
               "report", "output", float)
+    quantize: str | None = _setting(
+        None, "int8: also write static int8 (QDQ) ONNX files of the original and the compressed model, "
+              "calibrated on training batches and checked on the validation data in onnxruntime", "output", str)
+    calibration_images: int = _setting(256, "training images that calibrate the int8 activations", "output")
+    int8_tolerance: float = _setting(0.01, "accuracy (a fraction, 0.01 = one point) an int8 file may lose against "
+                                           "its fp32 file before the fallback recipes are tried", "output")
     resume: bool = _setting(False, "continue an interrupted run from the checkpoints in its output folder",
                             "output")
 
@@ -78,7 +84,11 @@ class CompressConfig:
         ranker(self.criterion)  # a name it does not know: ValueError naming the known ones
         if self.round_to is not None and self.round_to < 1:
             raise InputError(f"round_to must be >= 1 (or None), got {self.round_to!r}")
-        for name in ("bench_batch", "latency_runs"):
+        if self.quantize not in (None, "int8"):
+            raise InputError(f"quantize must be 'int8' or None, got {self.quantize!r}")
+        if not 0 <= self.int8_tolerance < 1:
+            raise InputError(f"int8_tolerance must be a fraction in [0, 1), got {self.int8_tolerance!r}")
+        for name in ("bench_batch", "latency_runs", "calibration_images"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 

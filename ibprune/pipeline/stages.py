@@ -31,7 +31,7 @@ from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
 from ibprune.files import write_json
-from ibprune.outputs import benchmark, channels, onnx, report
+from ibprune.outputs import benchmark, channels, onnx, quantize, report
 from ibprune.outputs.compressed import save_compressed
 from ibprune.outputs.robustness import adversarial_accuracy
 from ibprune.pipeline.checkpoints import Checkpoints
@@ -130,8 +130,11 @@ class Tuned:
 
 @dataclass
 class Exported:
+    """``export``: both ONNX files, their parity with PyTorch and their accuracy run by onnxruntime."""
+
     paths: dict[str, Path]
     max_abs_diff: dict[str, float]
+    accuracy: dict[str, float | None]
 
 
 @dataclass
@@ -145,6 +148,7 @@ class Run:
     finetune: Tuned | None = None
     robustness: dict | None = None
     export: Exported | None = None
+    quantize: dict[str, quantize.Int8Result] | None = None
     benchmark: dict[str, dict] | None = None
     report: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -372,21 +376,37 @@ def robustness(p: Prepared, run: Run) -> dict:
 
 
 def export(p: Prepared, run: Run) -> Exported:
-    """Both models to ONNX, each checked against PyTorch with onnxruntime."""
+    """Both models to ONNX, each checked against PyTorch with onnxruntime (on random inputs, and with
+    validation data: the files' own accuracy, run by onnxruntime)."""
     paths = {"original": p.folder / "original.onnx", "compressed": p.folder / "model.onnx"}
-    diffs = {}
+    diffs, accuracy = {}, {}
     for key, net in (("original", p.original), ("compressed", run.pruned.model)):
         onnx.export_onnx(net, p.example_input, paths[key])
         diffs[key] = onnx.check_parity(paths[key], net, p.example_input)
-    return Exported(paths, diffs)
+        accuracy[key] = quantize.onnx_accuracy(paths[key], p.val) if p.val is not None else None
+    return Exported(paths, diffs, accuracy)
+
+
+def int8(p: Prepared, run: Run) -> dict[str, quantize.Int8Result]:
+    """Static int8 (QDQ) files of both models, calibrated on training batches, each checked against its fp32
+    file in onnxruntime (``quantize="int8"``)."""
+    calibration = quantize.calibration_inputs(p.train, p.cfg.calibration_images)
+    return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), calibration, p.val,
+                                           p.cfg.int8_tolerance, reference=run.export.accuracy[key])
+            for key, path in run.export.paths.items()}
 
 
 def bench(p: Prepared, run: Run) -> dict[str, dict]:
-    """MACs, params, file size and onnxruntime latency of both models (batch 1 and ``bench_batch``)."""
+    """MACs, params, file size and onnxruntime latency of both models (batch 1 and ``bench_batch``), and of
+    their int8 files when there are any."""
     acc = run.finetune.accuracy
-    return {key: benchmark.profile(net, run.export.paths[key], p.example_input, batch_sizes=(1, p.cfg.bench_batch),
-                                   runs=p.cfg.latency_runs, accuracy=acc[a])
-            for key, net, a in (("original", p.original, "original"), ("compressed", run.pruned.model, "finetuned"))}
+    files = [(key, net, run.export.paths[key], acc[a])
+             for key, net, a in (("original", p.original, "original"), ("compressed", run.pruned.model, "finetuned"))]
+    files += [(f"{key}_int8", net, run.quantize[key].path, run.quantize[key].accuracy)
+              for key, net, _, _ in files if run.quantize]
+    return {key: benchmark.profile(net, path, p.example_input, batch_sizes=(1, p.cfg.bench_batch),
+                                   runs=p.cfg.latency_runs, accuracy=accuracy)
+            for key, net, path, accuracy in files}
 
 
 def _fmt(acc: dict) -> str:
@@ -408,7 +428,7 @@ def write_report(p: Prepared, run: Run) -> dict:
                    if p.ranker.trains_gates else None),
         finetune={"epochs": cfg.finetune_epochs, "steps": run.finetune.steps, "distill": p.distill_name,
                   "lr": cfg.lr, "nan_recoveries": run.finetune.nan_recoveries},
-        robustness=run.robustness, latency_budget=pruned.latency,
+        robustness=run.robustness, latency_budget=pruned.latency, int8=_int8_entry(p, run),
         resumed_from=p.ckpt.resumed[-1] if p.ckpt.resumed else None, notes=_notes(p, run), timings=run.timings,
         device=p.device)
     if p.keep_outputs:
@@ -426,7 +446,16 @@ def _onnx_entry(p: Prepared, exported: Exported) -> dict:
             "original_path": str(paths["original"]) if p.keep_outputs else None,
             "max_abs_diff": exported.max_abs_diff["compressed"],
             "original_max_abs_diff": exported.max_abs_diff["original"],
-            "opset": onnx.onnx_opset(exported.paths["compressed"])}
+            "opset": onnx.onnx_opset(exported.paths["compressed"]),
+            "accuracy": exported.accuracy["compressed"], "original_accuracy": exported.accuracy["original"]}
+
+
+def _int8_entry(p: Prepared, run: Run) -> dict | None:
+    if not run.quantize:
+        return None
+    return {"calibration": {"images": p.cfg.calibration_images, "data": "training batches"},
+            "tolerance": p.cfg.int8_tolerance,
+            **{key: {**result.summary(), **run.benchmark[f"{key}_int8"]} for key, result in run.quantize.items()}}
 
 
 def _notes(p: Prepared, run: Run) -> list[str]:
@@ -434,6 +463,12 @@ def _notes(p: Prepared, run: Run) -> list[str]:
     if p.metric != "latency" and run.pruned.fraction < p.target - 0.03:
         notes.append(f"achieved {p.metric} {run.pruned.fraction:.3f} is more than 0.03 below the budget "
                      f"{p.target:.3f}: the channel widths (round_to={p.cfg.round_to}) allow no closer fit")
+    for key, result in (run.quantize or {}).items():
+        if not result.ok:
+            why = ("no validation data to check it on" if result.accuracy is None else
+                   f"every recipe lost more than {p.cfg.int8_tolerance:.3f} of the fp32 accuracy "
+                   f"{result.reference_accuracy:.4f} (best: {result.accuracy:.4f})")
+            notes.append(f"the {key} int8 file {result.path.name} is not verified: {why}")
     if run.finetune.nan_recoveries:
         notes.append("the fine-tune loss became non-finite once: it was rolled back to its last checkpoint and "
                      "continued at half the learning rate")
