@@ -1,0 +1,248 @@
+"""Deployment speed: the ONNX files a user ships, fp32 and int8, dense and pruned, timed side by side.
+
+Two commands, so that the (long, CPU-heavy) model building and the (noise-sensitive) timing can run apart:
+
+``build`` makes each model's files under ``benchmarks/results/deploy/work/<model>/`` (not committed: ONNX
+files) and writes a cell ``benchmarks/results/deploy/cells/<model>.json`` (accuracies in onnxruntime, MACs,
+the int8 recipe). A finished cell is skipped.
+* CIFAR-10 (JPEG) ResNet-56: the pretrained dense model from ``../shared`` and IB at 0.5 and 0.4 MACs,
+  compressed here by ``ibprune.compress`` with a CPU recipe (``--epochs``, default 3: 1 gate epoch, the rest
+  fine-tuning; widths a multiple of ``--round-to``), accuracy on the 10,000 test images run by onnxruntime.
+* torchvision resnet18, resnet50, mobilenet_v2 at 224x224 with random weights (latency only: their accuracy
+  means nothing and is not reported), dense and pruned to 0.5 MACs by L1 (no training), int8 calibrated on
+  random inputs.
+
+``time`` times every file of a model in interleaved rounds (each round times each file once, in turn) at
+batch 1 and the large batch, with ``--threads`` onnxruntime threads, and keeps p50 and p90 of the medians
+over rounds, plus each file's speed-up against the dense fp32 file *of the same round*. ``aggregate`` writes
+``deploy.json``, ``deploy.md`` and ``deploy.png`` (accuracy against batch-1 latency).
+
+Reproduce (2 CPU cores, quiet machine for ``time``):
+    python benchmarks/deploy.py build            # ResNet-56 cells about 15 minutes each on 2 cores
+    python benchmarks/deploy.py time --rounds 5
+    python benchmarks/deploy.py aggregate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RESULTS = Path(__file__).parent / "results"
+CELLS = RESULTS / "deploy" / "cells"
+WORK = RESULTS / "deploy" / "work"
+TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2")
+BATCH = {"resnet56": 64, **dict.fromkeys(TORCHVISION, 32)}
+
+
+def _files(model: str) -> dict[str, Path]:
+    """name -> ONNX file of every variant of ``model`` that ``build`` wrote."""
+    return {p.name.removesuffix(".onnx"): p for p in sorted((WORK / model).glob("*.onnx"))}
+
+
+def build_resnet56(args) -> dict:
+    import ibprune
+    from ibprune.data.cifar import cifar10_loaders
+    from ibprune.models import cifar_resnet
+    from ibprune.outputs import quantize as q
+    from ibprune.outputs.onnx import export_onnx
+    from ibprune.weights import load_weights
+
+    torch.manual_seed(0)
+    train, _, test = cifar10_loaders(SHARED / "data" / "cifar10", 128, "cpu", seed=0)
+    dense = load_weights(cifar_resnet.cifar_resnet56(), SHARED / "models" / "cifar10-resnet" /
+                         "resnet56-4bfd9763.th").eval()
+    folder = WORK / "resnet56"
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = q.calibration_inputs(train, args.calibration_images)
+    cell = {"model": "resnet56", "data": "CIFAR-10 JPEG test set (10,000 images)", "variants": {}}
+    x = next(iter(train))[0][:1]
+    for name, budget in (("dense", None), ("ib0.50", 0.5), ("ib0.40", 0.4)):
+        if budget is None:
+            net, macs, extra = dense, 1.0, {}
+        else:
+            t0 = time.perf_counter()
+            res = ibprune.compress(dense, train, None, example_input=x, macs=budget, gate_epochs=1.0,
+                                   finetune_epochs=args.epochs - 1.0, lr=0.02, round_to=args.round_to, verbose=False,
+                                   bench_batch=BATCH["resnet56"], latency_runs=5, device="cpu")
+            net, macs = res.model.eval(), res.report["achieved"]["macs"]
+            extra = {"recipe": f"compress(macs={budget}, gate_epochs=1, finetune_epochs={args.epochs - 1:g}, "
+                               f"lr=0.02, round_to={args.round_to}), seed 0", "compress_s": time.perf_counter() - t0}
+        fp32 = export_onnx(net, x, folder / f"{name}.fp32.onnx")
+        result = q.quantize_checked(fp32, folder / f"{name}.int8.onnx", calibration, test, tolerance=0.01)
+        cell["variants"][name] = {"macs": macs, "fp32_accuracy": result.reference_accuracy,
+                                  "int8_accuracy": result.accuracy, "int8": result.summary(), **extra}
+        print(f"[deploy] resnet56 {name}: fp32 {result.reference_accuracy:.4f} int8 {result.accuracy:.4f} "
+              f"({result.recipe.describe()})", flush=True)
+    return cell
+
+
+def build_torchvision(name: str, args) -> dict:
+    import torchvision
+
+    import ibprune
+    from ibprune.outputs import quantize as q
+    from ibprune.outputs.onnx import export_onnx
+
+    torch.manual_seed(0)
+    dense = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    data = [(torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))) for _ in range(4)]
+    res = ibprune.compress(dense, data, None, example_input=x, macs=0.5, criterion="l1", finetune_epochs=0.0,
+                           round_to=args.round_to, verbose=False, bench_batch=BATCH[name], latency_runs=3, device="cpu")
+    folder = WORK / name
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = [torch.randn(8, 3, 224, 224).numpy() for _ in range(4)]
+    cell = {"model": name, "data": "random weights and inputs: latency only", "variants": {}}
+    for variant, net, macs in (("dense", dense, 1.0), ("l1_0.50", res.model.eval(), res.report["achieved"]["macs"])):
+        fp32 = export_onnx(net, x, folder / f"{variant}.fp32.onnx")
+        q.quantize_int8(fp32, folder / f"{variant}.int8.onnx", calibration)
+        cell["variants"][variant] = {"macs": macs}
+    return cell
+
+
+def build(args) -> None:
+    from ibprune.files import write_json
+
+    CELLS.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        path = CELLS / f"{model}.json"
+        if path.exists():
+            continue
+        print(f"[deploy] building {model}", flush=True)
+        cell = build_resnet56(args) if model == "resnet56" else build_torchvision(model, args)
+        cell.update(round_to=args.round_to, environment=_environment())
+        write_json(path, cell)
+
+
+def time_files(args) -> None:
+    from ibprune.files import write_json
+    from ibprune.outputs.benchmark import time_runs
+    from ibprune.outputs.onnx import session
+
+    for model in args.models:
+        path = CELLS / f"{model}.json"
+        if not path.exists():
+            sys.exit(f"no cell for {model}: run `deploy.py build --models {model}` first")
+        cell = json.loads(path.read_text())
+        files = _files(model)
+        x = torch.zeros(1, *((3, 32, 32) if model == "resnet56" else (3, 224, 224)))
+        timing = {}
+        for batch in (1, BATCH[model]):
+            sessions = {name: session(p, args.threads, spinning=False) for name, p in files.items()}
+            rounds: dict[str, list[float]] = {name: [] for name in files}
+            p90s: dict[str, list[float]] = {name: [] for name in files}
+            for _ in range(args.rounds):
+                for name, sess in sessions.items():  # interleaved: every file once per round
+                    t = time_runs(sess, x, batch, warmup=3, runs=args.runs)
+                    rounds[name].append(t["p50"])
+                    p90s[name].append(t["p90"])
+            timing[f"batch_{batch}"] = {
+                name: {"p50": statistics.median(rounds[name]), "p90": statistics.median(p90s[name]),
+                       "speedup": statistics.median(d / r for d, r in zip(rounds["dense.fp32"], rounds[name]))}
+                for name in files}
+            print(f"[deploy] {model} batch {batch}: " + ", ".join(
+                f"{n} {v['p50']:.2f} ms ({v['speedup']:.2f}x)" for n, v in timing[f"batch_{batch}"].items()),
+                flush=True)
+        cell["latency_ms"] = timing
+        cell["timing"] = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+                          "environment": _environment(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        write_json(path, cell)
+
+
+def aggregate(args) -> None:
+    from ibprune.files import write_json, write_text
+
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    cells = [c for c in cells if "latency_ms" in c]
+    write_json(RESULTS / "deploy.json", {"cells": cells})
+    write_text(RESULTS / "deploy.md", markdown(cells))
+    plot(cells, RESULTS / "deploy.png")
+
+
+def markdown(cells: list[dict]) -> str:
+    lines = ["# Deployment speed: fp32 and int8 ONNX files, dense and pruned", "",
+             "onnxruntime CPU, interleaved rounds; p50 (ms) and speed-up against the dense fp32 file of the same "
+             "round. Reproduce: `python benchmarks/deploy.py build && python benchmarks/deploy.py time && "
+             "python benchmarks/deploy.py aggregate`.", ""]
+    for c in cells:
+        t = c["timing"]
+        batches = list(c["latency_ms"])
+        lines += [f"## {c['model']}", "", f"{c['data']}; widths a multiple of {c['round_to']}; {t['threads']} "
+                  f"thread(s), {t['rounds']} rounds of {t['runs']} runs, {t['when']}.", "",
+                  "| file | MACs kept | accuracy (onnxruntime) | " + " | ".join(
+                      f"{b.replace('_', ' ')} p50 / p90 (speed-up)" for b in batches) + " |",
+                  "| --- | --- | --- |" + " --- |" * len(batches)]
+        for name in c["latency_ms"][batches[0]]:
+            variant, kind = name.rsplit(".", 1)
+            v = c["variants"][variant]
+            acc = v.get(f"{kind}_accuracy")
+            cells_ = [f"{c['latency_ms'][b][name]['p50']:.2f} / {c['latency_ms'][b][name]['p90']:.2f} "
+                      f"({c['latency_ms'][b][name]['speedup']:.2f}x)" for b in batches]
+            lines.append(f"| {variant} {kind} | {v['macs']:.3f} | {'—' if acc is None else f'{100 * acc:.2f} %'} | "
+                         + " | ".join(cells_) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from ibprune.files import write_figure
+
+    rated = [c for c in cells if any(v.get("fp32_accuracy") is not None for v in c["variants"].values())]
+    if not rated:
+        return
+    fig = Figure(figsize=(5 * len(rated), 4))
+    for ax, c in zip(np.atleast_1d(fig.subplots(1, len(rated))), rated):
+        lat = c["latency_ms"]["batch_1"]
+        for name, t in lat.items():
+            variant, kind = name.rsplit(".", 1)
+            acc = c["variants"][variant].get(f"{kind}_accuracy")
+            ax.plot(t["p50"], 100 * acc, "o" if kind == "fp32" else "s", label=name)
+            ax.annotate(name, (t["p50"], 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("onnxruntime CPU latency p50, batch 1 (ms)")
+        ax.set_ylabel("test accuracy in onnxruntime (%)")
+        ax.set_title(c["model"])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_figure(path, fig)
+
+
+def _environment() -> dict:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": len(__import__("os").sched_getaffinity(0))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--models", nargs="+", default=["resnet56", *TORCHVISION])
+    b.add_argument("--epochs", type=float, default=3.0, help="ResNet-56: total epochs of compress (1 gate epoch)")
+    b.add_argument("--round-to", type=int, default=8)
+    b.add_argument("--calibration-images", type=int, default=256)
+    t = sub.add_parser("time")
+    t.add_argument("--models", nargs="+", default=["resnet56", *TORCHVISION])
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--runs", type=int, default=30)
+    sub.add_parser("aggregate")
+    args = p.parse_args()
+    {"build": build, "time": time_files, "aggregate": aggregate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
