@@ -72,7 +72,7 @@ def clocks(digits_net, monkeypatch) -> list[MacsClock]:
     """``compress`` times with MacsClocks (deterministic; the final benchmark stays real): one per meter made."""
     made = []
 
-    def fake_meter(example_input, batch, threads, runs):
+    def fake_meter(example_input, batch, threads, runs, calibration=None):
         made.append(MacsClock(digits_net, overhead=0.3))
         made[-1].threads = threads
         return made[-1]
@@ -146,3 +146,16 @@ def test_a_run_resumed_after_pruning_times_nothing_again(digits_net, random_load
     rep = ibprune.compress(digits_net, loader, resume=True, **kwargs).report
     assert len(clocks) == 1 and clocks[0].calls == first and rep["resumed_from"] == "pruned"  # nothing timed
     assert rep["latency_budget"]["pruned"] and first == 7 + len(rep["latency_budget"]["pruned"])
+
+
+def test_with_int8_the_latency_budget_times_the_int8_files(digits_net, random_loader, monkeypatch):
+    """``quantize="int8"``: every candidate the search times, and every pruning, is quantized first."""
+    import ibprune.pipeline.latency as latency
+
+    quantized, real = [], latency.quantize_int8
+    monkeypatch.setattr(latency, "quantize_int8", lambda *a, **k: quantized.append(a[0]) or real(*a, **k))
+    rep = ibprune.compress(digits_net, random_loader(), quantize="int8",
+                           **dict(LATENCY_RUN, latency=0.9, latency_runs=10)).report
+    timing = rep["latency_budget"]
+    assert len(quantized) == 1 + len(timing["tried"]) + len(timing["pruned"])  # the original, candidates, prunings
+    assert rep["int8"]["compressed"]["path"].endswith("model.int8.onnx")
