@@ -1,7 +1,7 @@
 """INT8 deployment: onnxruntime's static post-training quantization of an exported model, checked on data.
 
-``quantize_int8`` writes a QDQ model (per-channel weights, activations calibrated on training batches, never
-the validation data) after onnxruntime's ``quant_pre_process``. ``quantize_checked`` measures the int8 file's
+``quantize_int8`` writes a QDQ model (per-channel int8 weights, uint8 activations calibrated on training batches,
+never the validation data) after onnxruntime's ``quant_pre_process``. ``quantize_checked`` measures the int8 file's
 accuracy in onnxruntime against the float32 file's and, while it loses more than the tolerance, tries the
 fallbacks onnxruntime's documentation gives, in order: another calibration method (Entropy, Percentile), the
 first convolution and the classifier kept in float32, and ``reduce_range`` where the CPU lacks VNNI (without
@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ibprune.files import atomic_path
@@ -95,7 +101,7 @@ class _Reader(CalibrationDataReader):
 
 def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike, calibration: list[np.ndarray],
                   recipe: Recipe = Recipe()) -> Path:
-    """A static QDQ int8 copy of ``fp32`` at ``out`` (per-channel int8 weights, int8 activations), atomically."""
+    """A static QDQ int8 copy of ``fp32`` at ``out`` (per-channel int8 weights, uint8 activations), atomically."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
@@ -103,8 +109,12 @@ def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike, calibration: 
         name = model.graph.input[0].name
         # the calibrators print their histogram settings: the library logs, it does not print
         with atomic_path(out, suffix=".onnx") as target, contextlib.redirect_stdout(io.StringIO()):
+            # uint8 activations and int8 weights: onnxruntime's x86 kernels (VNNI) for u8s8 ran a QDQ resnet18
+            # 2-3x faster than s8s8 here (benchmarks/results/deploy.md); without VNNI, reduce_range avoids their
+            # saturation (a fallback)
             quantize_static(str(prepared), str(target), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=recipe.reduce_range,
+                            per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, recipe.method),
                             nodes_to_exclude=_edges(model) if recipe.keep_edges else None)
     return Path(out)
