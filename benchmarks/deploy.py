@@ -178,8 +178,11 @@ def markdown(cells: list[dict]) -> str:
     for c in cells:
         t = c["timing"]
         batches = list(c["latency_ms"])
-        lines += [f"## {c['model']}", "", f"{c['data']}; widths a multiple of {c['round_to']}; {t['threads']} "
-                  f"thread(s), {t['rounds']} rounds of {t['runs']} runs, {t['when']}.", "",
+        env = t["environment"]
+        lines += [f"## {c['model']}", "", f"{c['data']}; widths a multiple of {c['round_to']}; onnxruntime "
+                  f"{env['onnxruntime']}, {t['threads']} thread(s) on {env['cpus']} {env['machine']} cores"
+                  f"{' with VNNI' if env.get('vnni') else ''}; {t['rounds']} rounds of {t['runs']} runs, {t['when']}.",
+                  "",
                   "| file | MACs kept | accuracy (onnxruntime) | " + " | ".join(
                       f"{b.replace('_', ' ')} p50 / p90 (speed-up)" for b in batches) + " |",
                   "| --- | --- | --- |" + " --- |" * len(batches)]
@@ -191,6 +194,13 @@ def markdown(cells: list[dict]) -> str:
                       f"({c['latency_ms'][b][name]['speedup']:.2f}x)" for b in batches]
             lines.append(f"| {variant} {kind} | {v['macs']:.3f} | {'—' if acc is None else f'{100 * acc:.2f} %'} | "
                          + " | ".join(cells_) + " |")
+        big = batches[-1]
+        for variant, v in c["variants"].items():
+            if v["macs"] < 1.0:
+                ratio = c["latency_ms"][big][f"{variant}.fp32"]["speedup"] * v["macs"]
+                lines.append(f"\n{variant} fp32 at {big.replace('_', ' ')}: speed-up / MACs ratio = {ratio:.2f} "
+                             f"({c['latency_ms'][big][f'{variant}.fp32']['speedup']:.2f}x for {1 / v['macs']:.2f}x "
+                             "fewer MACs).")
         lines.append("")
     return "\n".join(lines)
 
@@ -222,8 +232,11 @@ def plot(cells: list[dict], path: Path) -> None:
 def _environment() -> dict:
     import onnxruntime
 
+    from ibprune.outputs.quantize import has_vnni
+
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-            "processor": platform.processor(), "cpus": len(__import__("os").sched_getaffinity(0))}
+            "processor": platform.processor(), "cpus": len(__import__("os").sched_getaffinity(0)),
+            "vnni": has_vnni()}
 
 
 def main() -> None:
