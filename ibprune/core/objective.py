@@ -7,11 +7,9 @@ The phase has two parts:
 
 1. **Explore** (the first half): a gentle, fixed ``beta`` (by default a tenth of the value at which the two
    terms' gradients on the gate means balance, measured on a few batches) lets every channel show how much
-   the task needs it; unneeded channels lose information, needed ones keep it. Gentle matters: at 0.3 of the
-   balance the explore shut the budget's worth of channels on its own and took a pretrained CIFAR ResNet-20
-   from 86 % to 68 % (validation) before any squeeze; at 0.1 it keeps 88 %, and after a 3-epoch budget the
-   pruned network scored 0.7 (half the MACs) and 1.6 points (0.4 of them) higher on validation (two seeds;
-   ``benchmarks/cifar10.py``).
+   the task needs it; unneeded channels lose information, needed ones keep it. Gentle matters: a stronger
+   explore shuts the budget's worth of channels on its own, before any squeeze, and the pruned network ends
+   worse (``benchmarks/results/gate_trace.md``, ``benchmarks/cifar10_findings.md``).
 2. **Squeeze** (at most the second half): the channels the budget will remove are fixed from the explore
    ranking (lowest information, exactly as the pruning step plans), and the KL pressure falls on them alone,
    rising until every one of them is shut (``alpha_c = mu_c^2 / sigma_c^2 < 1``). The kept channels train

@@ -74,7 +74,7 @@ def compress(
     ``adapted``. Those epochs count in the budget you spend, as the others do.
 
     ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
-    (a digits CNN at half its MACs ran 1.5x *slower* in onnxruntime unrounded); ``round_to=1`` for exact widths.
+    (``benchmarks/results/demo.md``); ``round_to=1`` for exact widths.
     """
     cfg = CompressConfig.from_keywords(settings)
     with _folder(out_dir) as folder:

@@ -1,8 +1,8 @@
 """A latency budget: prune until the network runs within a fraction of the original's measured latency.
 
-Latency is not proportional to MACs. On 2 CPU cores a CIFAR ResNet-20 at half its MACs ran only 10-15 % faster
-in onnxruntime at batch 64 (per-operator overhead dominates small networks), so a latency budget is met by
-measurement, not by a model of it:
+Latency is not proportional to MACs (per-operator overhead dominates small networks, and the widths decide
+which kernels run: ``benchmarks/results/cifar10.md``, ``benchmarks/results/deploy.md``), so a latency budget
+is met by measurement, not by a model of it:
 
 1. ``macs_for_latency``, before any training: bisect the MACs fraction; at each candidate, plan the removal by a
    data-free ranking (L1 magnitude), cut a copy of the model to those widths, export it and time it. The
@@ -45,10 +45,9 @@ class LatencyMeter:
     The first model timed is the reference (the original): its time is the median p50 of ``rounds`` rounds.
     Every later model is timed in rounds alternating with the reference, and its time is the reference's times
     the median of the rounds' ratios: a machine that slows down or speeds up between measurements (clock
-    frequency, other work) cancels out of the ratio, which is what a budget compares. On a 2-core machine
-    separate p50s of the same ResNet-20 were 25.4 and 23.3 ms in runs minutes apart. The sessions' idle threads do
-    not busy-wait: with onnxruntime's default spinning, two sessions timed in turn slowed each other down (a
-    digits CNN with 0.89 of the MACs timed at 0.46 of the original's latency, in a run that was not kept).
+    frequency, other work) cancels out of the ratio, which is what a budget compares (separate p50s of one model
+    minutes apart differ by several per cent on a shared machine). The sessions' idle threads do not busy-wait:
+    with onnxruntime's default spinning, two sessions timed in turn slow each other down.
     """
 
     example_input: torch.Tensor
