@@ -59,7 +59,7 @@ def build_resnet56(args) -> dict:
     from ibprune.weights import load_weights
 
     torch.manual_seed(0)
-    train, _, test = cifar10_loaders(SHARED / "data" / "cifar10", 128, "cpu", seed=0)
+    train, _, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", 128, "cpu", seed=0)
     dense = load_weights(cifar_resnet.cifar_resnet56(), SHARED / "models" / "cifar10-resnet" /
                          "resnet56-4bfd9763.th").eval()
     folder = WORK / "resnet56"
