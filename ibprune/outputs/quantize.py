@@ -102,21 +102,34 @@ class _Reader(CalibrationDataReader):
 def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike, calibration: list[np.ndarray],
                   recipe: Recipe = Recipe()) -> Path:
     """A static QDQ int8 copy of ``fp32`` at ``out`` (per-channel int8 weights, uint8 activations), atomically."""
+    with _prepared(fp32) as prepared:
+        return _quantize(prepared, out, calibration, recipe)
+
+
+@contextlib.contextmanager
+def _prepared(fp32: str | os.PathLike):
+    """``fp32`` after onnxruntime's ``quant_pre_process`` (shape inference, graph optimisation), in a scratch
+    folder: the path and the loaded model."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
-        model = onnx.load(str(prepared))
-        name = model.graph.input[0].name
-        # the calibrators print their histogram settings: the library logs, it does not print
-        with atomic_path(out, suffix=".onnx") as target, contextlib.redirect_stdout(io.StringIO()):
-            # uint8 activations and int8 weights: onnxruntime's x86 kernels (VNNI) for u8s8 ran a QDQ resnet18
-            # 2-3x faster than s8s8 here (benchmarks/results/deploy.md); without VNNI, reduce_range avoids their
-            # saturation (a fallback)
-            quantize_static(str(prepared), str(target), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, recipe.method),
-                            nodes_to_exclude=_edges(model) if recipe.keep_edges else None)
+        yield prepared, onnx.load(str(prepared))
+
+
+def _quantize(prepared: tuple[Path, onnx.ModelProto], out: str | os.PathLike, calibration: list[np.ndarray],
+              recipe: Recipe) -> Path:
+    path, model = prepared
+    name = model.graph.input[0].name
+    # the calibrators print their histogram settings: the library logs, it does not print
+    with atomic_path(out, suffix=".onnx") as target, contextlib.redirect_stdout(io.StringIO()):
+        # uint8 activations and int8 weights: the pairing onnxruntime's x86 int8 (VNNI) kernels are built for
+        # (int8 activations ran slower in a scratch trial; not yet a committed measurement); without VNNI,
+        # reduce_range avoids their saturation (a fallback)
+        quantize_static(str(path), str(target), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, recipe.method),
+                        nodes_to_exclude=_edges(model) if recipe.keep_edges else None)
     return Path(out)
 
 
@@ -156,17 +169,24 @@ def quantize_checked(fp32: str | os.PathLike, out: str | os.PathLike, calibratio
         return Int8Result(path, recipes[0], None, None, False, [{**asdict(recipes[0]), "accuracy": None}])
     if reference is None:
         reference = onnx_accuracy(fp32, val_loader)
+    with _prepared(fp32) as prepared:  # pre-processed once for every recipe
+        return _first_within(prepared, Path(fp32).name, out, calibration, val_loader, tolerance, recipes, reference)
+
+
+def _first_within(prepared, name: str, out, calibration, val_loader, tolerance: float, recipes: list[Recipe],
+                  reference: float) -> Int8Result:
+    """The recipes in turn until one keeps ``reference`` within ``tolerance``; else the best, flagged."""
     attempts = []
     for recipe in recipes:
-        path = quantize_int8(fp32, out, calibration, recipe)
+        path = _quantize(prepared, out, calibration, recipe)
         accuracy = onnx_accuracy(path, val_loader)
         attempts.append({**asdict(recipe), "accuracy": accuracy})
         if accuracy >= reference - tolerance:
             return Int8Result(path, recipe, accuracy, reference, True, attempts)
-        _LOG.info(f"[ibprune] int8 ({recipe.describe()}) of {Path(fp32).name}: accuracy {accuracy:.4f} against "
+        _LOG.info(f"[ibprune] int8 ({recipe.describe()}) of {name}: accuracy {accuracy:.4f} against "
                   f"fp32 {reference:.4f}, more than {tolerance:.3f} lost; trying the next recipe")
     best = max(attempts, key=lambda a: a["accuracy"])
     recipe = Recipe(best["method"], best["keep_edges"], best["reduce_range"])
     if recipe != recipes[-1]:  # the file on disk is the last attempt's: write the best one again
-        path = quantize_int8(fp32, out, calibration, recipe)
+        path = _quantize(prepared, out, calibration, recipe)
     return Int8Result(path, recipe, best["accuracy"], reference, False, attempts)

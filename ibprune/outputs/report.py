@@ -126,12 +126,11 @@ def _deployment(rep: dict) -> list[str]:
     onnx, int8 = rep["onnx"], rep.get("int8")
     if onnx.get("accuracy") is None and not int8:
         return []
-    pct = _pct
-    rows = [("original fp32", pct(onnx.get("original_accuracy")), rep["original"]),
-            ("compressed fp32", pct(onnx.get("accuracy")), rep["compressed"])]
+    rows = [("original fp32", _pct(onnx.get("original_accuracy")), rep["original"]),
+            ("compressed fp32", _pct(onnx.get("accuracy")), rep["compressed"])]
     if int8:
-        rows.insert(1, ("original int8", pct(int8["original"]["accuracy"]), int8["original"]))
-        rows.append(("compressed int8", pct(int8["compressed"]["accuracy"]), int8["compressed"]))
+        rows.insert(1, ("original int8", _pct(int8["original"]["accuracy"]), int8["original"]))
+        rows.append(("compressed int8", _pct(int8["compressed"]["accuracy"]), int8["compressed"]))
     base = rep["original"]["latency_ms"]
     keys = [k for k in base if k.startswith("batch_")]
     lines = ["## The deployed files", "",

@@ -66,16 +66,22 @@ class Prepared:
     verbose: bool = True
     _meter: LatencyMeter | None = field(default=None, repr=False)
     _reference_ms: float | None = None
+    _calibration: list | None = field(default=None, repr=False)
 
     def meter(self) -> LatencyMeter:
         """The latency meter of a latency budget, made on first use (a run resumed after pruning times nothing);
         with ``quantize="int8"`` it times every candidate's int8 file, as it will ship."""
         if self._meter is None:
-            calibration = (quantize.calibration_inputs(self.train, self.cfg.calibration_images)
-                           if self.cfg.quantize else None)
             self._meter = LatencyMeter(self.example_input.cpu(), self.cfg.bench_batch, benchmark.default_threads(),
-                                       self.cfg.latency_runs, calibration=calibration)
+                                       self.cfg.latency_runs,
+                                       calibration=self.calibration() if self.cfg.quantize else None)
         return self._meter
+
+    def calibration(self) -> list:
+        """The training inputs that calibrate every int8 file of the run, read from the loader once."""
+        if self._calibration is None:
+            self._calibration = quantize.calibration_inputs(self.train, self.cfg.calibration_images)
+        return self._calibration
 
     def reference_ms(self) -> float:
         """The original's latency as this process's meter timed it: every later timing is a ratio to it."""
@@ -303,8 +309,7 @@ def rank(p: Prepared, run: Run) -> Ranked:
     """Score every channel with the ranker (the IB gate phase, or a criterion), after the pruning preflight."""
     first = ({"original": p.accuracy(copy.deepcopy(p.original)), "adapted": p.accuracy(p.work)}
              if p.cfg.adapt_epochs else {"original": p.accuracy(p.work)})
-    job = RankJob(p.work, p.groups, p.cost_model, p.example_input, p.train, p.device, _cut(p, run), p.cfg,
-                  p.verbose, preflight=lambda model, gates: preflight(model, gates, p.groups, p.example_input))
+    job = rank_job(p, _cut(p, run))
     ranking = p.ranker.rank(job)
     gates = job.gate()  # a ranker that trains no gates: untrained gates (z = mu = 1) pass everything
     gates.eval()
@@ -313,6 +318,12 @@ def rank(p: Prepared, run: Run) -> Ranked:
     return Ranked(p.work.state_dict(), gates.state_dict(),
                   {k: v.detach().cpu() for k, v in ranking.scores.items()},
                   {k: v.detach().cpu() for k, v in ranking.information.items()}, ranking.report, accuracy)
+
+
+def rank_job(p: Prepared, target: float) -> RankJob:
+    """What a ranker reads of this run, pruning to ``target``; its ``gate()`` runs the pruning preflight."""
+    return RankJob(p.work, p.groups, p.cost_model, p.example_input, p.train, p.device, target, p.cfg, p.verbose,
+                   preflight=lambda model, gates: preflight(model, gates, p.groups, p.example_input))
 
 
 def _cut(p: Prepared, run: Run) -> float:
@@ -393,8 +404,7 @@ def export(p: Prepared, run: Run) -> Exported:
 def int8(p: Prepared, run: Run) -> dict[str, quantize.Int8Result]:
     """Static int8 (QDQ) files of both models, calibrated on training batches, each checked against its fp32
     file in onnxruntime (``quantize="int8"``)."""
-    calibration = quantize.calibration_inputs(p.train, p.cfg.calibration_images)
-    return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), calibration, p.val,
+    return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), p.calibration(), p.val,
                                            p.cfg.int8_tolerance, reference=run.export.accuracy[key])
             for key, path in run.export.paths.items()}
 
@@ -403,13 +413,13 @@ def bench(p: Prepared, run: Run) -> dict[str, dict]:
     """MACs, params, file size and onnxruntime latency of both models (batch 1 and ``bench_batch``), and of
     their int8 files when there are any."""
     acc = run.finetune.accuracy
-    files = [(key, net, run.export.paths[key], acc[a])
-             for key, net, a in (("original", p.original, "original"), ("compressed", run.pruned.model, "finetuned"))]
-    files += [(f"{key}_int8", net, run.quantize[key].path, run.quantize[key].accuracy)
-              for key, net, _, _ in files if run.quantize]
-    return {key: benchmark.profile(net, path, p.example_input, batch_sizes=(1, p.cfg.bench_batch),
-                                   runs=p.cfg.latency_runs, accuracy=accuracy)
-            for key, net, path, accuracy in files}
+    nets = {"original": p.original, "compressed": run.pruned.model}
+    files = {"original": (run.export.paths["original"], acc["original"]),
+             "compressed": (run.export.paths["compressed"], acc["finetuned"]),
+             **{f"{key}_int8": (result.path, result.accuracy) for key, result in (run.quantize or {}).items()}}
+    return {key: benchmark.profile(nets[key.removesuffix("_int8")], path, p.example_input,
+                                   batch_sizes=(1, p.cfg.bench_batch), runs=p.cfg.latency_runs, accuracy=accuracy)
+            for key, (path, accuracy) in files.items()}
 
 
 def _fmt(acc: dict) -> str:
@@ -449,7 +459,7 @@ def _onnx_entry(p: Prepared, exported: Exported) -> dict:
             "original_path": str(paths["original"]) if p.keep_outputs else None,
             "max_abs_diff": exported.max_abs_diff["compressed"],
             "original_max_abs_diff": exported.max_abs_diff["original"],
-            "opset": onnx.onnx_opset(exported.paths["compressed"]),
+            "opset": onnx.onnx_opset(paths["compressed"]),
             "accuracy": exported.accuracy["compressed"], "original_accuracy": exported.accuracy["original"]}
 
 

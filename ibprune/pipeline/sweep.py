@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibprune.core.prune import preflight
-from ibprune.core.rankers import IBRanker, RankJob
+from ibprune.core.rankers import IBRanker
 from ibprune.errors import BudgetError
 from ibprune.files import write_figure, write_json, write_text
 from ibprune.pipeline.checkpoints import Checkpoints
 from ibprune.pipeline.compress import CompressResult, compress
 from ibprune.pipeline.config import CompressConfig, budget_of
-from ibprune.pipeline.stages import adapt_dense, prepare
+from ibprune.pipeline.stages import adapt_dense, prepare, rank_job
 
 
 @dataclass
@@ -113,8 +112,7 @@ def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, exa
     explored = p.ckpt.load("gates")
     if explored is None:
         t0 = time.perf_counter()
-        job = RankJob(p.work, p.groups, p.cost_model, p.example_input, train_loader, p.device, p.target, cfg, verbose,
-                      preflight=lambda net, gates: preflight(net, gates, p.groups, p.example_input))
+        job = rank_job(p, p.target)
         job.gate()
         trained = time.perf_counter()
         explored = IBRanker().explore(job, cfg.gate_epochs / 2)
