@@ -124,43 +124,55 @@ def build(args) -> None:
             continue
         print(f"[deploy] building {model}", flush=True)
         cell = build_resnet56(args) if model == "resnet56" else build_torchvision(model, args)
-        cell.update(round_to=args.round_to, environment=_environment())
+        cell.update(round_to=args.round_to, environment=environment())
         write_json(path, cell)
+
+
+def time_interleaved(files: dict[str, Path], x: torch.Tensor, batches: tuple[int, ...], threads: int,
+                     rounds: int, runs: int, reference: str = "dense.fp32") -> dict:
+    """``batch_<b>`` -> file name -> p50, p90 (medians over rounds) and the speed-up against ``reference``'s
+    time of the same round. Each round times every file once, in turn."""
+    from ibprune.outputs.benchmark import time_runs
+    from ibprune.outputs.onnx import session
+
+    timing = {}
+    for batch in batches:
+        sessions = {name: session(p, threads, spinning=False) for name, p in files.items()}
+        p50s: dict[str, list[float]] = {name: [] for name in files}
+        p90s: dict[str, list[float]] = {name: [] for name in files}
+        for _ in range(rounds):
+            for name, sess in sessions.items():  # interleaved: every file once per round
+                t = time_runs(sess, x, batch, warmup=3, runs=runs)
+                p50s[name].append(t["p50"])
+                p90s[name].append(t["p90"])
+        timing[f"batch_{batch}"] = {
+            name: {"p50": statistics.median(p50s[name]), "p90": statistics.median(p90s[name]),
+                   "speedup": statistics.median(d / r for d, r in zip(p50s[reference], p50s[name]))}
+            for name in files}
+        print(f"[time] batch {batch}: " + ", ".join(
+            f"{n} {v['p50']:.2f} ms ({v['speedup']:.2f}x)" for n, v in timing[f"batch_{batch}"].items()), flush=True)
+    return timing
 
 
 def time_files(args) -> None:
     from ibprune.files import write_json
-    from ibprune.outputs.benchmark import time_runs
-    from ibprune.outputs.onnx import session
 
     for model in args.models:
         path = CELLS / f"{model}.json"
         if not path.exists():
             sys.exit(f"no cell for {model}: run `deploy.py build --models {model}` first")
         cell = json.loads(path.read_text())
-        files = _files(model)
         x = torch.zeros(1, *((3, 32, 32) if model == "resnet56" else (3, 224, 224)))
-        timing = {}
-        for batch in (1, BATCH[model]):
-            sessions = {name: session(p, args.threads, spinning=False) for name, p in files.items()}
-            rounds: dict[str, list[float]] = {name: [] for name in files}
-            p90s: dict[str, list[float]] = {name: [] for name in files}
-            for _ in range(args.rounds):
-                for name, sess in sessions.items():  # interleaved: every file once per round
-                    t = time_runs(sess, x, batch, warmup=3, runs=args.runs)
-                    rounds[name].append(t["p50"])
-                    p90s[name].append(t["p90"])
-            timing[f"batch_{batch}"] = {
-                name: {"p50": statistics.median(rounds[name]), "p90": statistics.median(p90s[name]),
-                       "speedup": statistics.median(d / r for d, r in zip(rounds["dense.fp32"], rounds[name]))}
-                for name in files}
-            print(f"[deploy] {model} batch {batch}: " + ", ".join(
-                f"{n} {v['p50']:.2f} ms ({v['speedup']:.2f}x)" for n, v in timing[f"batch_{batch}"].items()),
-                flush=True)
-        cell["latency_ms"] = timing
-        cell["timing"] = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                          "environment": _environment(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        cell["latency_ms"] = time_interleaved(_files(model), x, (1, BATCH[model]), args.threads, args.rounds,
+                                              args.runs)
+        cell["timing"] = timing_settings(args)
         write_json(path, cell)
+
+
+def timing_settings(args) -> dict:
+    """How a cell was timed, and where and when."""
+    return {"threads": args.threads, "rounds": args.rounds, "runs": args.runs, "environment": environment(),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def aggregate(args) -> None:
@@ -237,7 +249,7 @@ def plot(cells: list[dict], path: Path) -> None:
     write_figure(path, fig)
 
 
-def _environment() -> dict:
+def environment() -> dict:
     import onnxruntime
 
     from ibprune.outputs.quantize import has_vnni

@@ -32,6 +32,16 @@ def test_compress_from_flags(tmp_path):
     assert (out / "model.onnx").is_file()
 
 
+def test_round_to_flag_takes_auto():
+    from ibprune.cli import _parser
+
+    args = _parser().parse_args(["compress", "--model", "m:f", "--data", "digits", "--macs", "0.5", "--out", "o",
+                                 "--round-to", "auto"])
+    assert args.round_to == "auto"
+    assert _parser().parse_args(["compress", "--model", "m:f", "--data", "digits", "--macs", "0.5", "--out", "o",
+                                 "--round-to", "16"]).round_to == 16
+
+
 def test_run_a_recipe(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(f"""

@@ -55,6 +55,13 @@ def test_a_latency_budget_is_one_value(tmp_path):
         load_recipe(_write(tmp_path, GOOD.replace("macs = 0.5", "latency = [0.7, 0.5]")))
 
 
+def test_round_to_is_a_number_or_auto(tmp_path):
+    assert load_recipe(_write(tmp_path, GOOD.replace("[train]", '[train]\nround_to = "auto"'))).round_to == "auto"
+    assert load_recipe(_write(tmp_path, GOOD.replace("[train]", "[train]\nround_to = 16"))).round_to == 16
+    with pytest.raises(RecipeError, match="round_to must be a whole number or 'auto', got 'fast'"):
+        load_recipe(_write(tmp_path, GOOD.replace("[train]", "[train]\nround_to = 'fast'")))
+
+
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(tmp_path / "nope.toml")

@@ -38,7 +38,7 @@ class GatePressure:
     """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze)."""
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
-                 round_to: int | None = None, explore: float = 0.5, per_cost: bool = False) -> None:
+                 round_to: int | str | None = None, explore: float = 0.5, per_cost: bool = False) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
         self.costs = cost_model.channel_costs()
         self.weights = dict(self.costs)
@@ -115,7 +115,7 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
                 steps: int, *, lr: float, gate_lr: float, weight_decay: float, beta: float | None = None,
-                round_to: int | None = None, per_cost: bool = False, explore: float = 0.5,
+                round_to: int | str | None = None, per_cost: bool = False, explore: float = 0.5,
                 on_step: Callable[[int, GatePressure], None] | None = None, verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 

@@ -50,10 +50,29 @@ def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.
     return {n: information[n] / channel_costs[n].clamp_min(1e-6) for n in information}
 
 
-def block_sizes(groups: list[ChannelGroup], round_to: int | None) -> dict[str, int]:
-    """How many gate positions leave together, per group: ``round_to`` channels, or one attention head (a head
-    is already ``head_dim`` channels wide)."""
-    return {g.name: 1 if g.unit == "head" else max(1, round_to or 1) for g in groups}
+#: The widest block of channels ``round_to="auto"`` removes at once: onnxruntime's blocked fp32 layout takes
+#: 16 channels at a time with AVX-512 (8 with AVX2), and a width off that grid leaves the layout
+#: (``benchmarks/results/widths.md``).
+AUTO_BLOCK = 16
+
+
+def auto_block(width: int) -> int:
+    """``round_to="auto"`` for a group of ``width`` channels: ``AUTO_BLOCK``, or for a group too narrow to lose
+    a quarter of its width in such blocks, the largest power of two that is at most a quarter of it."""
+    block = AUTO_BLOCK
+    while block > 1 and block * 4 > width:
+        block //= 2
+    return block
+
+
+def block_sizes(groups: list[ChannelGroup], round_to: int | str | None) -> dict[str, int]:
+    """How many gate positions leave together, per group: ``round_to`` channels (``"auto"``: ``auto_block`` of
+    the group's width), or one attention head (a head is already ``head_dim`` channels wide)."""
+    def block(g: ChannelGroup) -> int:
+        if g.unit == "head":
+            return 1
+        return auto_block(g.size) if round_to == "auto" else max(1, round_to or 1)
+    return {g.name: block(g) for g in groups}
 
 
 def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: float,
@@ -155,7 +174,7 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict
 
 
 def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor,
-                    cost_model: CostModel, target: float, round_to: int | None = None,
+                    cost_model: CostModel, target: float, round_to: int | str | None = None,
                     check_batch: int = 4,
                     importance: dict[str, torch.Tensor] | None = None, per_cost: bool = False) -> PruneResult:
     """Slim copy of ``model`` (gates attached) at ``<= target`` of the original cost, gate means folded in.

@@ -38,15 +38,18 @@ _LOG = logging.getLogger("ibprune")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One way to quantize: the calibration method, the nodes kept in float32, reduced-range weights."""
+    """One way to quantize: the calibration method, the nodes kept in float32, reduced-range weights, and
+    signed activations (int8 instead of uint8; not a fallback: kept for comparing kernels)."""
 
     method: str = "MinMax"
     keep_edges: bool = False   # the first convolution and the classifier stay float32
     reduce_range: bool = False
+    signed_activations: bool = False
 
     def describe(self) -> str:
         return " + ".join([self.method, *(["first conv and classifier in fp32"] if self.keep_edges else []),
-                           *(["reduce_range"] if self.reduce_range else [])])
+                           *(["reduce_range"] if self.reduce_range else []),
+                           *(["int8 activations"] if self.signed_activations else [])])
 
 
 @dataclass
@@ -123,10 +126,11 @@ def _quantize(prepared: tuple[Path, onnx.ModelProto], out: str | os.PathLike, ca
     # the calibrators print their histogram settings: the library logs, it does not print
     with atomic_path(out, suffix=".onnx") as target, contextlib.redirect_stdout(io.StringIO()):
         # uint8 activations and int8 weights: the pairing onnxruntime's x86 int8 (VNNI) kernels are built for
-        # (int8 activations ran slower in a scratch trial; not yet a committed measurement); without VNNI,
-        # reduce_range avoids their saturation (a fallback)
+        # (int8 activations against uint8: benchmarks/results/widths.md); without VNNI, reduce_range avoids
+        # their saturation (a fallback)
+        activations = QuantType.QInt8 if recipe.signed_activations else QuantType.QUInt8
         quantize_static(str(path), str(target), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=recipe.reduce_range, activation_type=QuantType.QUInt8,
+                        per_channel=True, reduce_range=recipe.reduce_range, activation_type=activations,
                         weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, recipe.method),
                         nodes_to_exclude=_edges(model) if recipe.keep_edges else None)

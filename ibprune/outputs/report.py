@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ibprune.files import write_json, write_text
+from ibprune.files import write_figure, write_json, write_text
 
 SCHEMA = 1
 
@@ -50,10 +50,52 @@ def _achieved(entries: dict, counted: tuple[int, int], batch: int) -> dict:
 
 
 def write(folder: str | Path, rep: dict) -> None:
-    """Write ``report.json`` and ``report.md`` into ``folder`` atomically."""
+    """Write ``report.json``, ``report.md`` and, when the deployed files' accuracy was measured,
+    ``deployed.png`` into ``folder`` atomically."""
     folder = Path(folder)
     write_json(folder / "report.json", rep)
     write_text(folder / "report.md", markdown(rep))
+    if _plottable(rep):
+        plot_deployed(rep, folder / "deployed.png")
+
+
+def deployed_files(rep: dict) -> list[tuple[str, float | None, dict]]:
+    """(name, accuracy in onnxruntime, benchmark entry) of each ONNX file of the run: the original and the
+    compressed model in fp32 and, with ``quantize``, int8."""
+    onnx, int8 = rep["onnx"], rep.get("int8")
+    rows = [("original fp32", onnx.get("original_accuracy"), rep["original"]),
+            ("compressed fp32", onnx.get("accuracy"), rep["compressed"])]
+    if int8:
+        rows.insert(1, ("original int8", int8["original"]["accuracy"], int8["original"]))
+        rows.append(("compressed int8", int8["compressed"]["accuracy"], int8["compressed"]))
+    return rows
+
+
+def _plottable(rep: dict) -> bool:
+    return all(acc is not None for _, acc, _ in deployed_files(rep))
+
+
+def plot_deployed(rep: dict, path: str | Path) -> Path:
+    """Accuracy in onnxruntime against latency p50, one panel per batch size, a point per deployed file."""
+    from matplotlib.figure import Figure  # not pyplot: a report never switches the caller's backend
+
+    files = deployed_files(rep)
+    keys = [k for k in rep["original"]["latency_ms"] if k.startswith("batch_")]
+    fig = Figure(figsize=(5 * len(keys), 4))
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+        for name, acc, entry in files:
+            x, y = entry["latency_ms"][key]["p50"], 100 * acc
+            ax.plot([x], [y], "s" if "int8" in name else "o", ms=8, label=name,
+                    color="tab:red" if name.startswith("original") else "tab:blue",
+                    fillstyle="full" if "int8" in name else "none", markeredgewidth=2)
+        ax.margins(x=0.2, y=0.2)
+        ax.legend(fontsize=8, loc="best")
+        ax.set_xlabel(f"onnxruntime CPU latency p50, {key.replace('_', ' ')} (ms)")
+        ax.set_ylabel("accuracy in onnxruntime (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("The deployed files")
+    fig.tight_layout()
+    return write_figure(path, fig)
 
 
 def _rows(rep: dict) -> list[tuple[str, str, str, str]]:
@@ -126,11 +168,6 @@ def _deployment(rep: dict) -> list[str]:
     onnx, int8 = rep["onnx"], rep.get("int8")
     if onnx.get("accuracy") is None and not int8:
         return []
-    rows = [("original fp32", _pct(onnx.get("original_accuracy")), rep["original"]),
-            ("compressed fp32", _pct(onnx.get("accuracy")), rep["compressed"])]
-    if int8:
-        rows.insert(1, ("original int8", _pct(int8["original"]["accuracy"]), int8["original"]))
-        rows.append(("compressed int8", _pct(int8["compressed"]["accuracy"]), int8["compressed"]))
     base = rep["original"]["latency_ms"]
     keys = [k for k in base if k.startswith("batch_")]
     lines = ["## The deployed files", "",
@@ -138,16 +175,18 @@ def _deployment(rep: dict) -> list[str]:
              "speed-up against the original fp32 file.", "",
              "| file | accuracy | size | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
              "| --- | --- | --- |" + " --- |" * len(keys)]
-    for name, acc, entry in rows:
+    for name, acc, entry in deployed_files(rep):
         lat = entry["latency_ms"]
         cells = [f"{lat[k]['p50']:.3f} / {lat[k]['p90']:.3f} ({base[k]['p50'] / lat[k]['p50']:.2f}x)" for k in keys]
-        lines.append(f"| {name} | {acc} | {entry['onnx_bytes'] / 1024:.0f} KiB | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {_pct(acc)} | {entry['onnx_bytes'] / 1024:.0f} KiB | " + " | ".join(cells) + " |")
     if int8:
         lines += ["", f"int8: onnxruntime static QDQ, per-channel weights, calibrated on "
                       f"{int8['calibration']['images']} training images; "
                       + "; ".join(f"{key}: {int8[key]['recipe']}"
                                   + ("" if int8[key]["ok"] else " (**not verified**, see the notes)")
                                   for key in ("original", "compressed")) + "."]
+    if _plottable(rep):
+        lines += ["", "![accuracy against latency of the deployed files](deployed.png)"]
     return [*lines, ""]
 
 

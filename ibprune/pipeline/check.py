@@ -25,7 +25,7 @@ from ibprune.rewrites.attention import HeadAttention
 
 
 def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6,
-                round_to: int | None = CompressConfig.round_to,
+                round_to: int | str | None = CompressConfig.round_to,
                 seed: int = CompressConfig.seed, margin: bool = False) -> dict:
     """Prune a copy of ``model`` to ``macs`` without training and verify it; returns what was measured.
 

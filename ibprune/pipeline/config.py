@@ -22,6 +22,22 @@ def _setting(default: Any, help: str, section: str, kind: type | None = None, ma
                                             "many": many})
 
 
+class _StepKind(type):
+    def __instancecheck__(cls, value: Any) -> bool:
+        return value == "auto" or isinstance(value, int) and not isinstance(value, bool)
+
+
+class ChannelStep(metaclass=_StepKind):
+    """The kind of ``round_to``: a whole number of channels, or ``"auto"``; as the CLI's type it parses
+    either."""
+
+    def __new__(cls, text: str) -> Any:
+        return "auto" if text == "auto" else int(text)
+
+
+ChannelStep.__name__ = "whole number or 'auto'"  # what a wrong value's error names
+
+
 @dataclass
 class CompressConfig:
     """The settings of one ``compress`` run; the budget is one of ``macs``, ``params`` or ``latency``."""
@@ -44,8 +60,9 @@ class CompressConfig:
     distill: Any = _setting(False, "fine-tune with distillation from the original (from the adapted model "
                                    "after adapt epochs); compress(distill=<model>) names another teacher",
                             "train", bool)
-    round_to: int | None = _setting(8, "keep channel counts a multiple of this (8: fast kernels); 1 for exact "
-                                       "widths", "train", int)
+    round_to: int | str | None = _setting(
+        8, "keep channel counts a multiple of this (8: fast kernels); auto: 16, less in groups too narrow for "
+           "it (ibprune.core.prune.auto_block); 1 for exact widths", "train", ChannelStep)
     criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
                                     "random (for comparisons); compress() also takes a ranker object "
                                     "(ibprune.core.rankers.Ranker)", "train", str)
@@ -82,7 +99,7 @@ class CompressConfig:
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         ranker(self.criterion)  # a name it does not know: ValueError naming the known ones
-        if self.round_to is not None and self.round_to < 1:
+        if isinstance(self.round_to, int) and self.round_to < 1:
             raise InputError(f"round_to must be >= 1 (or None), got {self.round_to!r}")
         if self.quantize not in (None, "int8"):
             raise InputError(f"quantize must be 'int8' or None, got {self.quantize!r}")

@@ -96,7 +96,7 @@ class LatencyPlan:
 
 def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
                      cost_model: CostModel, target: float, measure: Callable[[nn.Module], float], *,
-                     round_to: int | None = None, steps: int = 6) -> LatencyPlan:
+                     round_to: int | str | None = None, steps: int = 6) -> LatencyPlan:
     """The largest MACs fraction (to ``1 / 2**steps``) whose L1-planned network runs within ``target`` of
     ``model``'s latency, as ``measure`` times it. ``cost_model`` must count MACs.
 

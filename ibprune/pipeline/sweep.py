@@ -137,7 +137,13 @@ def _point(budget: float, folder: Path, rep: dict) -> dict:
     return {"budget": budget, "folder": folder.name, "achieved": rep["achieved"], "accuracy": c["accuracy"],
             "accuracy_by_stage": rep["accuracy"], "macs": c["macs"], "params": c["params"],
             "onnx_bytes": c["onnx_bytes"], "latency_ms": c["latency_ms"], "seconds": sum(rep["timings_s"].values()),
-            "timings_s": rep["timings_s"]}
+            "timings_s": rep["timings_s"], "int8": _int8_point(rep, "compressed")}
+
+
+def _int8_point(rep: dict, key: str) -> dict | None:
+    """The int8 file of ``key`` (``quantize="int8"``): its accuracy in onnxruntime, latency and size."""
+    entry = (rep.get("int8") or {}).get(key)
+    return None if entry is None else {k: entry[k] for k in ("accuracy", "ok", "onnx_bytes", "latency_ms")}
 
 
 def _summary(metric: str, points: list[dict], first: dict, explore: dict) -> dict:
@@ -146,7 +152,8 @@ def _summary(metric: str, points: list[dict], first: dict, explore: dict) -> dic
     o, explore_s = first["original"], explore["seconds"]
     return {
         "schema": 1, "metric": metric,
-        "original": {k: o[k] for k in ("macs", "params", "onnx_bytes", "accuracy", "latency_ms")},
+        "original": {**{k: o[k] for k in ("macs", "params", "onnx_bytes", "accuracy", "latency_ms")},
+                     "int8": _int8_point(first, "original")},
         "points": points,
         "time_s": {"explore_once": explore_s, "total": explore_s + sum(p["seconds"] for p in points),
                    "explore_training": explore["training_seconds"],
@@ -168,16 +175,25 @@ def markdown(summary: dict) -> str:
     def acc(v):
         return "n/a" if v is None else f"{100 * v:.2f} %"
 
-    rows = [f"| original | 1.000 | 1.000 | {acc(o['accuracy'])} | {o['latency_ms'][key]['p50']:.3f} | — |"]
+    int8 = o.get("int8") is not None
+
+    def q(e):  # the int8 file's columns
+        i = e.get("int8")
+        return "" if not int8 else "| n/a | n/a " if i is None else (
+            f"| {acc(i['accuracy'])}{'' if i['ok'] else ' (not verified)'} | {i['latency_ms'][key]['p50']:.3f} ")
+
+    rows = [f"| original | 1.000 | 1.000 | {acc(o['accuracy'])} | {o['latency_ms'][key]['p50']:.3f} {q(o)}| — |"]
     for p in summary["points"]:
         rows.append(f"| {metric} <= {p['budget']:.2f} | {p['achieved']['macs']:.3f} | {p['achieved']['params']:.3f} "
-                    f"| {acc(p['accuracy'])} | {p['latency_ms'][key]['p50']:.3f} | [`{p['folder']}/`]"
+                    f"| {acc(p['accuracy'])} | {p['latency_ms'][key]['p50']:.3f} {q(p)}| [`{p['folder']}/`]"
                     f"({p['folder']}/report.md) |")
     t = summary["time_s"]
+    batch = key.replace("_", " ")
     return "\n".join([
         "# ibprune sweep", "",
-        f"| model | MACs kept | params kept | accuracy | ORT p50 {key.replace('_', ' ')} (ms) | report |",
-        "| --- | --- | --- | --- | --- | --- |", *rows, "",
+        f"| model | MACs kept | params kept | accuracy | ORT p50 {batch} (ms) "
+        + (f"| int8 accuracy (onnxruntime) | int8 ORT p50 {batch} (ms) " if int8 else "") + "| report |",
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if int8 else "") + " --- |", *rows, "",
         "![accuracy against size and latency](sweep.png)", "",
         f"The explore half of the gate phase ran once ({t['explore_once']:.1f} s, of which "
         f"{t['explore_training']:.1f} s training) for all {len(summary['points'])} budgets; separate `compress` "
@@ -200,11 +216,16 @@ def plot(summary: dict, path: str | Path) -> Path:
                              f"onnxruntime CPU latency p50, {key.replace('_', ' ')} (ms)")):
         xs = [x_of(p, p["achieved"]["macs"]) for p in pts]
         ys = [100 * p["accuracy"] for p in pts]
-        ax.plot(xs, ys, "o-", color="tab:blue", label="ibprune")
+        ax.plot(xs, ys, "o-", color="tab:blue", label="ibprune fp32" if o.get("int8") else "ibprune")
         for p, x, y in zip(pts, xs, ys):
             ax.annotate(f"{summary['metric']}<={p['budget']:.2f}", (x, y), textcoords="offset points",
                         xytext=(4, -10), fontsize=8)
         ax.plot([x_of(o, 1.0)], [100 * o["accuracy"]], "*", ms=14, color="tab:red", label="original")
+        if ax is axes[1] and all(e.get("int8") for e in (o, *pts)):  # quantize="int8": the files shipped
+            ax.plot([x_of(p["int8"], 0) for p in pts], [100 * p["int8"]["accuracy"] for p in pts], "s--",
+                    color="tab:blue", fillstyle="none", label="ibprune int8")
+            ax.plot([x_of(o["int8"], 0)], [100 * o["int8"]["accuracy"]], "P", ms=11, color="tab:red",
+                    label="original int8")
         ax.margins(x=0.08, y=0.2)  # room for the labels; the original never hides behind the legend
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")

@@ -9,7 +9,7 @@ from ibprune.core.costs import CostModel, count
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import find_groups
 from ibprune.core.modes import full_precision
-from ibprune.core.prune import plan_removal, prune_to_budget, remove_channels, scores
+from ibprune.core.prune import AUTO_BLOCK, auto_block, plan_removal, prune_to_budget, remove_channels, scores
 from ibprune.errors import BudgetError, PruningMismatchError
 
 X = torch.randn(1, 1, 8, 8)
@@ -62,6 +62,22 @@ def test_round_to_keeps_multiples(digits_net):
     result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.6, round_to=4)
     for g in groups:
         assert (g.size - len(result.removed.get(g.name, []))) % 4 == 0
+
+
+def test_auto_round_to_takes_whole_blocks_where_the_width_allows():
+    assert [auto_block(w) for w in (3, 8, 16, 32, 63, 64, 512)] == [1, 2, 4, 8, 8, AUTO_BLOCK, AUTO_BLOCK]
+
+
+def test_auto_round_to_keeps_each_group_on_its_own_multiple(digits_net):
+    groups, cost_model, gates = _setup(digits_net)
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(0.1, 1.0)
+    result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.6, round_to="auto")
+    steps = {g.name: auto_block(g.size) for g in groups}
+    assert len(set(steps.values())) > 1, "the digits CNN's groups should get different blocks"
+    assert result.removed and all((g.size - len(result.removed.get(g.name, []))) % steps[g.name] == 0
+                                  for g in groups)
 
 
 def test_gated_and_pruned_models_agree_after_fold(digits_net):

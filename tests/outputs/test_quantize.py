@@ -58,6 +58,7 @@ def test_compress_writes_four_models_and_measures_the_files_in_onnxruntime(digit
     md = (tmp_path / "report.md").read_text()
     assert all(row in md for row in ("| original fp32 |", "| original int8 |", "| compressed fp32 |",
                                      "| compressed int8 |"))
+    assert "(deployed.png)" in md and (tmp_path / "deployed.png").stat().st_size > 10_000  # the four plotted
 
 
 def test_an_int8_file_that_loses_too_much_is_flagged_not_hidden(digits, tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ def test_compress_runs_on_the_configs_defaults(digits_net, random_loader):
     ({"macs": 0.5, "lr": -1.0}, InputError, "lr must be >= 0"),
     ({"macs": 0.5, "gate_epochs": "2"}, InputError, "gate_epochs must be a float"),
     ({"macs": 0.5, "round_to": 0}, InputError, "round_to must be >= 1"),
+    ({"macs": 0.5, "round_to": "fast"}, InputError, "round_to must be a whole number or 'auto'"),
     ({"macs": 0.5, "criterion": "magic"}, ValueError, "unknown criterion"),
     ({"macs": 1.5}, BudgetError, "fraction in \\(0, 1\\)"),
 ])

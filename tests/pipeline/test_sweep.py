@@ -75,3 +75,19 @@ def test_sweep_adapt_epochs_are_checked(digits_net, tmp_path):
     with pytest.raises(InputError, match="adapt_epochs must be"):
         ibprune.compress_sweep(digits_net, train, budgets=[0.5], out_dir=tmp_path, adapt_epochs=-1)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_sweep_with_int8_reports_and_plots_every_budgets_int8_file(digits_net, tmp_path):
+    train, val = digits_loaders(64, 0)
+    ibprune.compress_sweep(digits_net, train, val, budgets=[0.6, 0.4], out_dir=tmp_path, gate_epochs=0.5,
+                           finetune_epochs=0.5, latency_runs=3, bench_batch=4, verbose=False, quantize="int8")
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    for entry in (summary["original"], *summary["points"]):
+        int8 = entry["int8"]
+        assert int8["ok"] and int8["accuracy"] >= entry["accuracy"] - 0.01
+        assert int8["onnx_bytes"] < entry["onnx_bytes"]
+    folders = [json.loads((tmp_path / p["folder"] / "report.json").read_text()) for p in summary["points"]]
+    assert [p["int8"]["accuracy"] for p in summary["points"]] == [r["int8"]["compressed"]["accuracy"]
+                                                                  for r in folders]
+    md = (tmp_path / "sweep.md").read_text()
+    assert "int8 accuracy (onnxruntime)" in md and md.count("\n| macs <= ") == 2

@@ -1,0 +1,371 @@
+"""Which channel widths make pruning pay in onnxruntime: ``round_to`` 4, 8, 16, 32 and ``"auto"``, side by side.
+
+The same budget (0.5 of the MACs) pruned with each ``round_to``, fp32 and int8, timed in interleaved rounds at
+batch 1 and the large batch, with the layout conversions onnxruntime inserts into each optimised graph and
+where each file's time goes (onnxruntime's profiler, by operator).
+
+* CIFAR-10 (JPEG) ResNet-56, pretrained (``../shared``): one IB explore phase (half a gate epoch) shared by every
+  ``round_to`` (as a sweep shares it across budgets), then per ``round_to`` ``ibprune.compress`` with
+  ``quantize="int8"``: the squeeze (half a gate epoch), the prune, one fine-tuning epoch, fp32 and int8 files
+  with their accuracy on the 10,000 test images measured in onnxruntime.
+* torchvision resnet18, resnet50, mobilenet_v2 at 224x224, random weights (latency only), pruned by L1 without
+  training.
+
+Commands (2 CPU cores; ``time`` and ``profile`` on a quiet machine):
+    python benchmarks/widths.py build                # ResNet-56 about 8 minutes per round_to, resumable
+    python benchmarks/widths.py time --rounds 5
+    python benchmarks/widths.py profile
+    python benchmarks/widths.py aggregate            # widths.json, widths.md, widths.png
+Cells: ``benchmarks/results/widths/cells/<model>.json``; model files under ``.../widths/work/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from deploy import SHARED, environment, time_interleaved, timing_settings  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CELLS = RESULTS / "widths" / "cells"
+WORK = RESULTS / "widths" / "work"
+STEPS = (4, 8, 16, 32, "auto")
+BATCH = {"resnet56": 64, "resnet18": 32, "resnet50": 32, "mobilenet_v2": 32}
+MACS = 0.5
+
+
+def _cell(model: str) -> dict:
+    path = CELLS / f"{model}.json"
+    return json.loads(path.read_text()) if path.exists() else {"model": model, "variants": {}}
+
+
+def _save(cell: dict) -> None:
+    from ibprune.files import write_json
+
+    write_json(CELLS / f"{cell['model']}.json", cell)
+
+
+def _widths(report: dict) -> dict[str, int]:
+    return {name: v["kept"] for name, v in report["pruned_channels"].items()}
+
+
+def build_resnet56(args) -> None:
+    import ibprune
+    from ibprune.core.rankers import IBRanker
+    from ibprune.data.cifar import cifar10_loaders
+    from ibprune.errors import BudgetError
+    from ibprune.models import cifar_resnet
+    from ibprune.pipeline.config import CompressConfig
+    from ibprune.pipeline.sweep import _explore
+    from ibprune.weights import load_weights
+
+    torch.manual_seed(0)
+    train, _, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", 128, "cpu", seed=0)
+    dense = load_weights(cifar_resnet.cifar_resnet56(), SHARED / "models" / "cifar10-resnet" /
+                         "resnet56-4bfd9763.th").eval()
+    x = next(iter(train))[0][:1]
+    recipe = dict(macs=MACS, gate_epochs=1.0, finetune_epochs=args.finetune_epochs, lr=0.02, device="cpu")
+    cell = _cell("resnet56")
+    cell.update(data="CIFAR-10 JPEG test set (10,000 images)",
+                recipe=f"one IB explore (0.5 gate epoch, seed 0) shared; per round_to compress(macs={MACS}, "
+                       f"squeeze 0.5 gate epoch, finetune_epochs={args.finetune_epochs:g}, lr=0.02, "
+                       "quantize='int8', calibration 256 training images)")
+    start, explored, x, _ = _explore(dense, train, CompressConfig(**recipe, resume=True),
+                                      WORK / "resnet56", x, None, False)
+    for step in STEPS:
+        if f"r{step}" in cell["variants"]:
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = ibprune.compress(start, train, test, example_input=x, out_dir=WORK / "resnet56" / f"r{step}",
+                                   **{**recipe, "gate_epochs": 0.5}, round_to=step, criterion=IBRanker(explored),
+                                   quantize="int8", bench_batch=BATCH["resnet56"], latency_runs=3, verbose=False)
+        except BudgetError as err:
+            cell["variants"][f"r{step}"] = {"round_to": step, "status": "unreachable", "reason": str(err)}
+        else:
+            rep = res.report
+            cell["variants"][f"r{step}"] = {
+                "round_to": step, "status": "ok", "macs": rep["achieved"]["macs"], "widths": _widths(rep),
+                "fp32_accuracy": rep["onnx"]["accuracy"], "int8_accuracy": rep["int8"]["compressed"]["accuracy"],
+                "int8_recipe": rep["int8"]["compressed"]["recipe"], "pytorch_accuracy": rep["compressed"]["accuracy"],
+                "dense_fp32_accuracy": rep["onnx"]["original_accuracy"],
+                "dense_int8_accuracy": rep["int8"]["original"]["accuracy"], "compress_s": time.perf_counter() - t0}
+        print(f"[widths] resnet56 r{step}: {cell['variants'][f'r{step}']}", flush=True)
+        cell["environment"] = environment()
+        _save(cell)
+
+
+def build_torchvision(name: str, args) -> None:
+    import torchvision
+
+    import ibprune
+    from ibprune.errors import BudgetError
+    from ibprune.outputs import quantize as q
+    from ibprune.outputs.onnx import export_onnx
+
+    torch.manual_seed(0)
+    dense = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    data = [(torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))) for _ in range(4)]
+    calibration = [torch.randn(8, 3, 224, 224).numpy() for _ in range(4)]
+    folder = WORK / name
+    folder.mkdir(parents=True, exist_ok=True)
+    cell = _cell(name)
+    cell["data"] = "random weights and inputs: latency only"
+    for step in STEPS:
+        if f"r{step}" in cell["variants"]:
+            continue
+        try:
+            res = ibprune.compress(dense, data, None, example_input=x, macs=MACS, criterion="l1",
+                                   finetune_epochs=0.0, round_to=step, verbose=False, bench_batch=BATCH[name],
+                                   latency_runs=3, device="cpu")
+        except BudgetError as err:
+            cell["variants"][f"r{step}"] = {"round_to": step, "status": "unreachable", "reason": str(err)}
+        else:
+            fp32 = export_onnx(res.model.eval(), x, folder / f"r{step}.fp32.onnx")
+            q.quantize_int8(fp32, folder / f"r{step}.int8.onnx", calibration)
+            cell["variants"][f"r{step}"] = {"round_to": step, "status": "ok", "macs": res.report["achieved"]["macs"],
+                                            "widths": _widths(res.report)}
+        _save(cell)
+    if not (folder / "dense.int8.onnx").exists():
+        q.quantize_int8(export_onnx(dense, x, folder / "dense.fp32.onnx"), folder / "dense.int8.onnx", calibration)
+    cell["environment"] = environment()
+    _save(cell)
+
+
+def build_signed(model: str) -> None:
+    """``dense.s8s8`` and ``r16.s8s8``: the int8 recipe with int8 instead of uint8 activations, to compare the
+    kernels (calibrated as the uint8 files were: training images for ResNet-56, random inputs otherwise)."""
+    from ibprune.outputs import quantize as q
+
+    fp32 = files(model)
+    if model == "resnet56":
+        from ibprune.data.cifar import cifar10_loaders
+
+        calibration = q.calibration_inputs(cifar10_loaders(SHARED / "data" / "cifar10-jpeg", 128, "cpu", seed=0)[0],
+                                           256)
+    else:
+        torch.manual_seed(0)
+        calibration = [torch.randn(8, 3, 224, 224).numpy() for _ in range(4)]
+    for name in ("dense", "r16"):
+        out = WORK / model / f"{name}.s8s8.onnx"
+        if f"{name}.fp32" in fp32 and not out.exists():
+            q.quantize_int8(fp32[f"{name}.fp32"], out, calibration, q.Recipe(signed_activations=True))
+
+
+def files(model: str) -> dict[str, Path]:
+    """name -> ONNX file: ``dense.fp32`` ... ``r16.int8``, for every variant that was built."""
+    if model == "resnet56":
+        base = WORK / "resnet56"
+        out = {"dense.fp32": base / "r8" / "original.onnx", "dense.int8": base / "r8" / "original.int8.onnx"}
+        for step in STEPS:
+            out.update({f"r{step}.fp32": base / f"r{step}" / "model.onnx",
+                        f"r{step}.int8": base / f"r{step}" / "model.int8.onnx"})
+        out.update({f"{n}.s8s8": base / f"{n}.s8s8.onnx" for n in ("dense", "r16")})
+    else:
+        out = {p.name.removesuffix(".onnx"): p for p in sorted((WORK / model).glob("*.onnx"))}
+    return {name: p for name, p in out.items() if p.exists()}
+
+
+def _input(model: str) -> torch.Tensor:
+    return torch.zeros(1, 3, 32, 32) if model == "resnet56" else torch.zeros(1, 3, 224, 224)
+
+
+def time_cells(args) -> None:
+    for model in args.models:
+        cell = _cell(model)
+        cell["latency_ms"] = time_interleaved(files(model), _input(model), (1, BATCH[model]), args.threads,
+                                              args.rounds, args.runs)
+        cell["timing"] = timing_settings(args)
+        _save(cell)
+
+
+def layout(path: Path, x: torch.Tensor, batch: int, threads: int, runs: int) -> dict:
+    """What onnxruntime makes of one file: the optimised graph's operators (``domain:op``), the layout
+    conversions among them, and each operator's share of the time at ``batch`` (its profiler, ``runs`` runs)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.optimized_model_filepath = str(WORK / "optimised.onnx")  # scratch: the graph as onnxruntime runs it
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(WORK / "profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(f"{n.domain or 'onnx'}:{n.op_type}"
+                              for n in onnx.load(WORK / "optimised.onnx").graph.node)
+    feed = {sess.get_inputs()[0].name: np.zeros((batch, *x.shape[1:]), np.float32)}
+    for _ in range(runs + 2):
+        sess.run(None, feed)
+    trace = Path(sess.end_profiling())
+    spent: collections.Counter = collections.Counter()
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            spent[event["args"]["op_name"]] += event["dur"]
+    trace.unlink()
+    total = sum(spent.values())
+    return {"ops": dict(sorted(ops.items())), "layout_conversions": sum(
+                v for k, v in ops.items() if k.split(":")[1] in ("ReorderInput", "ReorderOutput", "Transpose")),
+            "time_share": {k: v / total for k, v in spent.most_common()}, "profiled_batch": batch}
+
+
+def blocked_macs(path: Path, block: int = 16) -> tuple[int, int]:
+    """The convolutions' MACs as written, and as a layout that computes channels in blocks of ``block`` computes
+    them (each conv's output and, for a dense conv that does not read the image, input channels rounded up to a
+    whole block): onnxruntime's fp32 NCHWc convolution pads its filters so (a pruned 8-wide conv runs 16-wide)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.output)}
+    up = lambda n: -(-n // block) * block  # noqa: E731
+    written = blocked = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out, (o, i, *kernel) = shapes[node.output[0]], inits[node.input[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        per_pixel = int(torch.tensor(kernel).prod()) * out[2] * out[3]
+        written += o * i * per_pixel
+        reads_image = node.input[0] in {v.name for v in model.graph.input}
+        blocked += (up(o) * (up(i) if group == 1 and not reads_image else i)) * per_pixel
+    return written, blocked
+
+
+def profile_cells(args) -> None:
+    for model in args.models:
+        cell = _cell(model)
+        cell["layout"] = {name: layout(p, _input(model), BATCH[model], args.threads, args.runs)
+                          for name, p in files(model).items()}
+        for name, p in files(model).items():
+            if name.endswith(".fp32"):
+                cell["layout"][name]["conv_macs"], cell["layout"][name]["conv_macs_in_blocks_of_16"] = \
+                    blocked_macs(p)
+        _save(cell)
+        for name, info in cell["layout"].items():
+            print(f"[profile] {model} {name}: conversions {info['layout_conversions']}, "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in list(info["time_share"].items())[:3]), flush=True)
+
+
+def aggregate(args) -> None:
+    from ibprune.files import write_json, write_text
+
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    cells = [c for c in cells if "latency_ms" in c]
+    write_json(RESULTS / "widths.json", {"cells": cells})
+    write_text(RESULTS / "widths.md", markdown(cells))
+    plot(cells, RESULTS / "widths.png")
+
+
+def _on_grid(widths: dict[str, int], block: int = 16) -> str:
+    return f"{sum(w % block == 0 for w in widths.values())}/{len(widths)}"
+
+
+def markdown(cells: list[dict]) -> str:
+    lines = ["# Channel widths and onnxruntime: round_to 4, 8, 16, 32 and auto", "",
+             f"Each model pruned to {MACS} of its MACs with each `round_to` (`auto`: 16 channels at a time, fewer "
+             "in groups narrower than 64: `ibprune.core.prune.auto_block`), exported, quantized (static QDQ int8) "
+             "and timed in interleaved rounds; speed-up against the dense fp32 file of the same round. *on the "
+             "16-grid*: groups whose kept width is a multiple of 16 (onnxruntime's blocked fp32 layout with "
+             "AVX-512); *conversions*: layout conversions (ReorderInput/ReorderOutput/Transpose) in the graph "
+             "onnxruntime optimises for this machine, fp32 / int8; *reorder time*: their share of the fp32 file's "
+             f"time at the large batch (onnxruntime's profiler). Reproduce: `python benchmarks/widths.py build`, "
+             "then `time --rounds 5`, `profile`, `aggregate` on a quiet machine.", ""]
+    for c in cells:
+        t, lat = c["timing"], c["latency_ms"]
+        big = [b for b in lat if b != "batch_1"][0]
+        env = t["environment"]
+        lines += [f"## {c['model']}", "", f"{c['data']}; onnxruntime {env['onnxruntime']}, {t['threads']} "
+                  f"thread(s) on {env['cpus']} {env['machine']} cores{' with VNNI' if env.get('vnni') else ''}; "
+                  f"{t['rounds']} rounds of {t['runs']} runs, {t['when']}." + (f" {c['recipe']}." if "recipe" in c
+                                                                             else ""), "",
+                  "| round_to | MACs kept | on the 16-grid | accuracy fp32 / int8 | fp32 b1 | fp32 "
+                  f"{big.split('_')[1]} | int8 b1 | int8 {big.split('_')[1]} | conversions | reorder time |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        rows = [("dense", {"status": "ok", "macs": 1.0})] + list(c["variants"].items())
+        for name, v in rows:
+            if v["status"] != "ok":
+                lines.append(f"| {v['round_to']} | — | — | — | {v['reason'][:120]} | | | | | |")
+                continue
+            acc = (f"{100 * v['fp32_accuracy']:.2f} / {100 * v['int8_accuracy']:.2f} %" if "fp32_accuracy" in v
+                   else "—")
+            times = [f"{lat[b][f'{name}.{k}']['p50']:.2f} ms ({lat[b][f'{name}.{k}']['speedup']:.2f}x)"
+                     if f"{name}.{k}" in lat[b] else "—" for k in ("fp32", "int8") for b in ("batch_1", big)]
+            lay = c.get("layout", {})
+            conv = "/".join(str(lay[f"{name}.{k}"]["layout_conversions"]) if f"{name}.{k}" in lay else "—"
+                            for k in ("fp32", "int8"))
+            share = lay.get(f"{name}.fp32", {}).get("time_share", {})
+            reorder = sum(share.get(k, 0.0) for k in ("ReorderInput", "ReorderOutput"))
+            lines.append(f"| {v.get('round_to', 'dense')} | {v['macs']:.3f} | "
+                         f"{_on_grid(v['widths']) if 'widths' in v else '—'} | {acc} | " + " | ".join(times)
+                         + f" | {conv} | {reorder:.1%} |")
+        signed = [n for n in ("dense", "r16") if f"{n}.s8s8" in lat[big]]
+        if signed:
+            lines += ["", "int8 activations against uint8 (weights int8 in both), p50 ms:", "",
+                      "| file | uint8 b1 | int8 b1 | uint8 " + big.split("_")[1] + " | int8 " + big.split("_")[1]
+                      + " |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {n} | " + " | ".join(f"{lat[b][f'{n}.{k}']['p50']:.2f}" for b in ("batch_1", big)
+                                              for k in ("int8", "s8s8")) + " |" for n in signed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from ibprune.files import write_figure
+
+    fig = Figure(figsize=(4.5 * len(cells), 4))
+    for ax, c in zip(fig.subplots(1, len(cells), squeeze=False)[0], cells):
+        lat = c["latency_ms"]
+        ok = [n for n, v in c["variants"].items() if v["status"] == "ok"]
+        for batch, style in zip(lat, ("-", "--")):
+            for kind in ("fp32", "int8"):
+                ys = [lat[batch].get(f"{n}.{kind}", {}).get("speedup", float("nan")) for n in ok]
+                ax.plot(range(len(ok)), ys, style, marker="o" if kind == "fp32" else "s",
+                        label=f"{kind}, {batch.replace('_', ' ')}")
+        ax.set_xticks(range(len(ok)), [n.removeprefix("r") for n in ok])
+        ax.set_xlabel("round_to")
+        ax.set_ylabel("speed-up against dense fp32")
+        ax.set_title(f"{c['model']} at {MACS} MACs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_figure(path, fig)
+
+
+def build(args) -> None:
+    CELLS.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        build_resnet56(args) if model == "resnet56" else build_torchvision(model, args)
+        build_signed(model)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("build", "time", "profile", "aggregate"):
+        s = sub.add_parser(name)
+        s.add_argument("--models", nargs="+", default=list(BATCH))
+        if name == "build":
+            s.add_argument("--finetune-epochs", type=float, default=1.0, help="ResNet-56: fine-tuning epochs")
+        if name in ("time", "profile"):
+            s.add_argument("--threads", type=int, default=2)
+            s.add_argument("--runs", type=int, default=20)
+        if name == "time":
+            s.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    {"build": build, "time": time_cells, "profile": profile_cells, "aggregate": aggregate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
