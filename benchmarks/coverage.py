@@ -25,6 +25,8 @@ CELLS = RESULTS / "coverage" / "cells"
 #: models that need a particular input size or constructor argument to build or run at all
 INPUT_SIZE = {"inception_v3": 299}
 LARGE_INPUT = ("vit_", "swin_", "maxvit_")
+#: what a cell was measured with; ``run`` redoes a cell measured with another check
+CHECK = "float64 function check, float32 margins (9402e54)"
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
           "inception_v3": {"aux_logits": False, "init_weights": True}}
 
@@ -40,7 +42,7 @@ def probe(name: str, target: float = 0.6) -> dict:
 
     torch.manual_seed(0)
     size = 224 if name.startswith(LARGE_INPUT) else INPUT_SIZE.get(name, 64)
-    out: dict = {"model": name, "input": size}
+    out: dict = {"model": name, "input": size, "check": CHECK}
     t0 = time.perf_counter()
     model = torchvision.models.get_model(name, weights=None, num_classes=10, **KWARGS.get(name, {})).eval()
     x = torch.randn(1, 3, size, size)
@@ -70,7 +72,7 @@ def cmd_run(args) -> None:
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     for name in names:
         cell = CELLS / f"{name}.json"
-        if cell.exists():
+        if cell.exists() and json.loads(cell.read_text()).get("check") == CHECK:
             continue
         print(f"[run ] {name}", flush=True)
         try:
@@ -78,9 +80,11 @@ def cmd_run(args) -> None:
                                   timeout=args.timeout)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             result = json.loads(lines[-1]) if lines else {
-                "model": name, "status": "crash", "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+                "model": name, "status": "crash", "check": CHECK,
+                "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
         except subprocess.TimeoutExpired:
-            result = {"model": name, "status": "timeout", "reason": f"over {args.timeout} s on this machine"}
+            result = {"model": name, "status": "timeout", "reason": f"over {args.timeout} s on this machine",
+                      "check": CHECK}
         from ibprune.files import write_json
 
         write_json(cell, result)
