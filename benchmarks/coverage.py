@@ -49,7 +49,7 @@ def probe(name: str, target: float = 0.6) -> dict:
     out["params_before"] = sum(p.numel() for p in model.parameters())
     try:
         check_inputs(model, [(torch.randn(2, 3, size, size), torch.tensor([0, 1]))], x)
-        r = check_model(model, x, target, margin=True)
+        r = check_model(model, x, target, round_to=8, margin=True)
         out.update(status="ok", groups=r["groups"], macs_before=r["macs_before"], macs_after=r["macs_after"],
                    params_after=r["params_after"], macs_fraction=r["macs_fraction"],
                    function_max_diff=r["function_max_diff"], check_ratio=r["check_ratio"],

@@ -274,7 +274,9 @@ def markdown(cells: list[dict]) -> str:
     lines = ["# Channel widths and onnxruntime: round_to 4, 8, 16, 32 and auto", "",
              f"Each model pruned to {MACS} of its MACs with each `round_to` (`auto`: 16 channels at a time, fewer "
              "in groups narrower than 64: `ibprune.core.prune.auto_block`), exported, quantized (static QDQ int8) "
-             "and timed in interleaved rounds; speed-up against the dense fp32 file of the same round. *on the "
+             "and timed in interleaved rounds; speed-up against the dense fp32 file of the same round. *as 16-blocks "
+             "compute*: the convolutions' MACs with every width rounded up to a multiple of 16, as onnxruntime's "
+             "blocked fp32 convolution pads them, against the dense model's. *on the "
              "16-grid*: groups whose kept width is a multiple of 16 (onnxruntime's blocked fp32 layout with "
              "AVX-512); *conversions*: layout conversions (ReorderInput/ReorderOutput/Transpose) in the graph "
              "onnxruntime optimises for this machine, fp32 / int8; *reorder time*: their share of the fp32 file's "
@@ -288,24 +290,27 @@ def markdown(cells: list[dict]) -> str:
                   f"thread(s) on {env['cpus']} {env['machine']} cores{' with VNNI' if env.get('vnni') else ''}; "
                   f"{t['rounds']} rounds of {t['runs']} runs, {t['when']}." + (f" {c['recipe']}." if "recipe" in c
                                                                              else ""), "",
-                  "| round_to | MACs kept | on the 16-grid | accuracy fp32 / int8 | fp32 b1 | fp32 "
-                  f"{big.split('_')[1]} | int8 b1 | int8 {big.split('_')[1]} | conversions | reorder time |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| round_to | MACs kept | as 16-blocks compute | on the 16-grid | accuracy fp32 / int8 | fp32 b1 "
+                  f"| fp32 {big.split('_')[1]} | int8 b1 | int8 {big.split('_')[1]} | conversions | reorder time |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lay = c.get("layout", {})
+        dense_blocks = lay.get("dense.fp32", {}).get("conv_macs_in_blocks_of_16")
         rows = [("dense", {"status": "ok", "macs": 1.0})] + list(c["variants"].items())
         for name, v in rows:
             if v["status"] != "ok":
-                lines.append(f"| {v['round_to']} | — | — | — | {v['reason'][:120]} | | | | | |")
+                lines.append(f"| {v['round_to']} | — | — | — | — | {v['reason'][:120]} | | | | | |")
                 continue
             acc = (f"{100 * v['fp32_accuracy']:.2f} / {100 * v['int8_accuracy']:.2f} %" if "fp32_accuracy" in v
                    else "—")
             times = [f"{lat[b][f'{name}.{k}']['p50']:.2f} ms ({lat[b][f'{name}.{k}']['speedup']:.2f}x)"
                      if f"{name}.{k}" in lat[b] else "—" for k in ("fp32", "int8") for b in ("batch_1", big)]
-            lay = c.get("layout", {})
+            blocks = lay.get(f"{name}.fp32", {}).get("conv_macs_in_blocks_of_16")
+            blocks = f"{blocks / dense_blocks:.3f}" if blocks and dense_blocks else "—"
             conv = "/".join(str(lay[f"{name}.{k}"]["layout_conversions"]) if f"{name}.{k}" in lay else "—"
                             for k in ("fp32", "int8"))
             share = lay.get(f"{name}.fp32", {}).get("time_share", {})
             reorder = sum(share.get(k, 0.0) for k in ("ReorderInput", "ReorderOutput"))
-            lines.append(f"| {v.get('round_to', 'dense')} | {v['macs']:.3f} | "
+            lines.append(f"| {v.get('round_to', 'dense')} | {v['macs']:.3f} | {blocks} | "
                          f"{_on_grid(v['widths']) if 'widths' in v else '—'} | {acc} | " + " | ".join(times)
                          + f" | {conv} | {reorder:.1%} |")
         signed = [n for n in ("dense", "r16") if f"{n}.s8s8" in lat[big]]

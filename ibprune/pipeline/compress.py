@@ -73,8 +73,10 @@ def compress(
     model is then the one pruned and, with ``distill=True``, the teacher; the report's ``accuracy`` gives it as
     ``adapted``. Those epochs count in the budget you spend, as the others do.
 
-    ``round_to=8`` keeps every group's width a multiple of 8: odd widths defeat the vectorised conv kernels
-    (``benchmarks/results/demo.md``); ``round_to=1`` for exact widths.
+    ``round_to="auto"`` (the default) removes channels 16 at a time, fewer in groups narrower than 64
+    (``ibprune.core.prune.auto_block``): onnxruntime computes a width off the 16-channel grid as the next
+    multiple of 16, so other widths waste the MACs removed (``benchmarks/results/widths.md``); an int fixes the
+    multiple for every group, ``round_to=1`` gives exact widths.
     """
     cfg = CompressConfig.from_keywords(settings)
     with _folder(out_dir) as folder:

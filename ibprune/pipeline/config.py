@@ -61,8 +61,9 @@ class CompressConfig:
                                    "after adapt epochs); compress(distill=<model>) names another teacher",
                             "train", bool)
     round_to: int | str | None = _setting(
-        8, "keep channel counts a multiple of this (8: fast kernels); auto: 16, less in groups too narrow for "
-           "it (ibprune.core.prune.auto_block); 1 for exact widths", "train", ChannelStep)
+        "auto", "keep channel counts a multiple of this; auto: of 16, or less in a group narrower than 64 "
+                "(what onnxruntime's kernels compute: benchmarks/results/widths.md); 1 for exact widths",
+        "train", ChannelStep)
     criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
                                     "random (for comparisons); compress() also takes a ranker object "
                                     "(ibprune.core.rankers.Ranker)", "train", str)

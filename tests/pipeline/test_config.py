@@ -5,6 +5,7 @@ import pytest
 
 import ibprune
 from ibprune.cli import _parser
+from ibprune.core.prune import auto_block
 from ibprune.errors import BudgetError, InputError
 from ibprune.pipeline.config import CompressConfig, settings_fields
 from ibprune.recipe import Job, load_recipe
@@ -39,7 +40,8 @@ def test_compress_runs_on_the_configs_defaults(digits_net, random_loader):
                            bench_batch=4).report
     assert rep["finetune"]["lr"] == CompressConfig.lr and rep["finetune"]["epochs"] == CompressConfig.finetune_epochs
     assert rep["gates"]["epochs"] == CompressConfig.gate_epochs and rep["criterion"] == CompressConfig.criterion
-    assert all(v["kept"] % CompressConfig.round_to == 0 for v in rep["pruned_channels"].values())
+    assert CompressConfig.round_to == "auto"
+    assert all(v["kept"] % auto_block(v["total"]) == 0 for v in rep["pruned_channels"].values())
 
 
 @pytest.mark.parametrize(("settings", "error", "message"), [
