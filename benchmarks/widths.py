@@ -200,21 +200,31 @@ def layout(path: Path, x: torch.Tensor, batch: int, threads: int, runs: int) -> 
     opts.enable_profiling = True
     opts.profile_file_prefix = str(WORK / "profile")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(f"{n.domain or 'onnx'}:{n.op_type}"
-                              for n in onnx.load(WORK / "optimised.onnx").graph.node)
+    graph = onnx.load(WORK / "optimised.onnx").graph
+    ops = collections.Counter(f"{n.domain or 'onnx'}:{n.op_type}" for n in graph.node)
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    weight = {"Conv": 1, "QLinearConv": 3}  # where each convolution keeps its filter
+    width = {n.name: inits[n.input[weight[n.op_type]]][0] for n in graph.node
+             if n.op_type in weight and n.input[weight[n.op_type]] in inits}
     feed = {sess.get_inputs()[0].name: np.zeros((batch, *x.shape[1:]), np.float32)}
     for _ in range(runs + 2):
         sess.run(None, feed)
     trace = Path(sess.end_profiling())
     spent: collections.Counter = collections.Counter()
+    by_width: collections.Counter = collections.Counter()  # convolution time by filter count
     for event in json.loads(trace.read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             spent[event["args"]["op_name"]] += event["dur"]
+            node = event["name"].removesuffix("_kernel_time")
+            if node in width:
+                by_width[width[node]] += event["dur"]
     trace.unlink()
     total = sum(spent.values())
     return {"ops": dict(sorted(ops.items())), "layout_conversions": sum(
                 v for k, v in ops.items() if k.split(":")[1] in ("ReorderInput", "ReorderOutput", "Transpose")),
-            "time_share": {k: v / total for k, v in spent.most_common()}, "profiled_batch": batch}
+            "time_share": {k: v / total for k, v in spent.most_common()}, "profiled_batch": batch,
+            # filters as the optimised graph stores them: fp32 blocked convolutions pad them to 16
+            "conv_time_by_filters": {str(w): t / total for w, t in sorted(by_width.items())}}
 
 
 def blocked_macs(path: Path, block: int = 16) -> tuple[int, int]:
@@ -280,8 +290,10 @@ def markdown(cells: list[dict]) -> str:
              "16-grid*: groups whose kept width is a multiple of 16 (onnxruntime's blocked fp32 layout with "
              "AVX-512); *conversions*: layout conversions (ReorderInput/ReorderOutput/Transpose) in the graph "
              "onnxruntime optimises for this machine, fp32 / int8; *reorder time*: their share of the fp32 file's "
-             f"time at the large batch (onnxruntime's profiler). Reproduce: `python benchmarks/widths.py build`, "
-             "then `time --rounds 5`, `profile`, `aggregate` on a quiet machine.", ""]
+             f"time at the large batch (onnxruntime's profiler); *int8 time in convs of < 16 filters*: the int8 file's "
+             "time share in convolutions with fewer than 16 output channels. Reproduce: "
+             "`python benchmarks/widths.py build`, then `time --rounds 5`, `profile`, `aggregate` on a quiet "
+             "machine.", ""]
     for c in cells:
         t, lat = c["timing"], c["latency_ms"]
         big = [b for b in lat if b != "batch_1"][0]
@@ -291,14 +303,15 @@ def markdown(cells: list[dict]) -> str:
                   f"{t['rounds']} rounds of {t['runs']} runs, {t['when']}." + (f" {c['recipe']}." if "recipe" in c
                                                                              else ""), "",
                   "| round_to | MACs kept | as 16-blocks compute | on the 16-grid | accuracy fp32 / int8 | fp32 b1 "
-                  f"| fp32 {big.split('_')[1]} | int8 b1 | int8 {big.split('_')[1]} | conversions | reorder time |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  f"| fp32 {big.split('_')[1]} | int8 b1 | int8 {big.split('_')[1]} | conversions | reorder time "
+                  "| int8 time in convs of < 16 filters |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         lay = c.get("layout", {})
         dense_blocks = lay.get("dense.fp32", {}).get("conv_macs_in_blocks_of_16")
         rows = [("dense", {"status": "ok", "macs": 1.0})] + list(c["variants"].items())
         for name, v in rows:
             if v["status"] != "ok":
-                lines.append(f"| {v['round_to']} | — | — | — | — | {v['reason'][:120]} | | | | | |")
+                lines.append(f"| {v['round_to']} | — | — | — | — | {v['reason'][:120]} | | | | | | |")
                 continue
             acc = (f"{100 * v['fp32_accuracy']:.2f} / {100 * v['int8_accuracy']:.2f} %" if "fp32_accuracy" in v
                    else "—")
@@ -310,9 +323,11 @@ def markdown(cells: list[dict]) -> str:
                             for k in ("fp32", "int8"))
             share = lay.get(f"{name}.fp32", {}).get("time_share", {})
             reorder = sum(share.get(k, 0.0) for k in ("ReorderInput", "ReorderOutput"))
+            narrow = lay.get(f"{name}.int8", {}).get("conv_time_by_filters")
+            narrow = "—" if narrow is None else f"{sum(t for w, t in narrow.items() if int(w) < 16):.0%}"
             lines.append(f"| {v.get('round_to', 'dense')} | {v['macs']:.3f} | {blocks} | "
                          f"{_on_grid(v['widths']) if 'widths' in v else '—'} | {acc} | " + " | ".join(times)
-                         + f" | {conv} | {reorder:.1%} |")
+                         + f" | {conv} | {reorder:.1%} | {narrow} |")
         signed = [n for n in ("dense", "r16") if f"{n}.s8s8" in lat[big]]
         if signed:
             lines += ["", "int8 activations against uint8 (weights int8 in both), p50 ms:", "",

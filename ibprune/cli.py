@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model given by flags",
                        description="Compress a model to a MACs, params or latency budget. Writes report.json, "
-                                   "report.md, information.json/.png, model.onnx, original.onnx and compressed.pt "
-                                   "into --out.")
+                                   "report.md, information.json/.png, deployed.png (with validation data), model.onnx, "
+                                   "original.onnx and compressed.pt into --out.")
     _job_flags(c, float, "keep at most this fraction of the {}, e.g. 0.5")
     w = sub.add_parser("sweep", help="compress to several budgets from one gate phase; Pareto plot",
                        description="Compress a model to each of several budgets: the explore half of the gate "
