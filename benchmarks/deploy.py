@@ -176,13 +176,18 @@ def timing_settings(args) -> dict:
 
 
 def aggregate(args) -> None:
+    write_results(CELLS, "deploy", markdown, plot)
+
+
+def write_results(cells_dir: Path, stem: str, to_markdown, to_plot) -> None:
+    """``<stem>.json``, ``.md`` and ``.png`` under the results folder, from the timed cells in ``cells_dir``."""
     from ibprune.files import write_json, write_text
 
-    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    cells = [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))]
     cells = [c for c in cells if "latency_ms" in c]
-    write_json(RESULTS / "deploy.json", {"cells": cells})
-    write_text(RESULTS / "deploy.md", markdown(cells))
-    plot(cells, RESULTS / "deploy.png")
+    write_json(RESULTS / f"{stem}.json", {"cells": cells})
+    write_text(RESULTS / f"{stem}.md", to_markdown(cells))
+    to_plot(cells, RESULTS / f"{stem}.png")
 
 
 def markdown(cells: list[dict]) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deploy import SHARED, environment, time_interleaved, timing_settings  # noqa: E402
+from deploy import SHARED, environment, time_interleaved, timing_settings, write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CELLS = RESULTS / "widths" / "cells"
@@ -180,6 +181,8 @@ def _input(model: str) -> torch.Tensor:
 
 def time_cells(args) -> None:
     for model in args.models:
+        if "dense.fp32" not in files(model):
+            sys.exit(f"no files for {model}: run `widths.py build --models {model}` first")
         cell = _cell(model)
         cell["latency_ms"] = time_interleaved(files(model), _input(model), (1, BATCH[model]), args.threads,
                                               args.rounds, args.runs)
@@ -238,15 +241,16 @@ def blocked_macs(path: Path, block: int = 16) -> tuple[int, int]:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*model.graph.value_info, *model.graph.output)}
     up = lambda n: -(-n // block) * block  # noqa: E731
+    image = {v.name for v in model.graph.input}
     written = blocked = 0
     for node in model.graph.node:
         if node.op_type != "Conv":
             continue
         out, (o, i, *kernel) = shapes[node.output[0]], inits[node.input[1]]
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        per_pixel = int(torch.tensor(kernel).prod()) * out[2] * out[3]
+        per_pixel = math.prod(kernel) * out[2] * out[3]
         written += o * i * per_pixel
-        reads_image = node.input[0] in {v.name for v in model.graph.input}
+        reads_image = node.input[0] in image
         blocked += (up(o) * (up(i) if group == 1 and not reads_image else i)) * per_pixel
     return written, blocked
 
@@ -267,13 +271,7 @@ def profile_cells(args) -> None:
 
 
 def aggregate(args) -> None:
-    from ibprune.files import write_json, write_text
-
-    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
-    cells = [c for c in cells if "latency_ms" in c]
-    write_json(RESULTS / "widths.json", {"cells": cells})
-    write_text(RESULTS / "widths.md", markdown(cells))
-    plot(cells, RESULTS / "widths.png")
+    write_results(CELLS, "widths", markdown, plot)
 
 
 def _on_grid(widths: dict[str, int], block: int = 16) -> str:

@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +190,7 @@ def _first_within(prepared, name: str, out, calibration, val_loader, tolerance: 
         _LOG.info(f"[ibprune] int8 ({recipe.describe()}) of {name}: accuracy {accuracy:.4f} against "
                   f"fp32 {reference:.4f}, more than {tolerance:.3f} lost; trying the next recipe")
     best = max(attempts, key=lambda a: a["accuracy"])
-    recipe = Recipe(best["method"], best["keep_edges"], best["reduce_range"])
+    recipe = Recipe(**{f.name: best[f.name] for f in fields(Recipe)})
     if recipe != recipes[-1]:  # the file on disk is the last attempt's: write the best one again
         path = _quantize(prepared, out, calibration, recipe)
     return Int8Result(path, recipe, best["accuracy"], reference, False, attempts)
