@@ -7,7 +7,8 @@ files) and writes a cell ``benchmarks/results/deploy/cells/<model>.json`` (accur
 the int8 recipe). A finished cell is skipped.
 * CIFAR-10 (JPEG) ResNet-56: the pretrained dense model from ``../shared`` and IB at 0.5 and 0.4 MACs,
   compressed here by ``ibprune.compress`` with a CPU recipe (``--epochs``, default 3: 1 gate epoch, the rest
-  fine-tuning; widths a multiple of ``--round-to``), accuracy on the 10,000 test images run by onnxruntime.
+  fine-tuning; widths by ``--round-to``, by default ``compress``'s), accuracy on the 10,000 test images run
+  by onnxruntime.
 * torchvision resnet18, resnet50, mobilenet_v2 at 224x224 with random weights (latency only: their accuracy
   means nothing and is not reported), dense and pruned to 0.5 MACs by L1 (no training), int8 calibrated on
   random inputs.
@@ -79,8 +80,9 @@ def build_resnet56(args) -> dict:
                                    finetune_epochs=args.epochs - 1.0, lr=0.02, round_to=args.round_to, verbose=False,
                                    bench_batch=BATCH["resnet56"], latency_runs=5, device="cpu")
             net, macs = res.model.eval(), res.report["achieved"]["macs"]
-            extra = {"recipe": f"compress(macs={budget}, gate_epochs=1, finetune_epochs={args.epochs - 1:g}, "
-                               f"lr=0.02, round_to={args.round_to}), seed 0", "compress_s": time.perf_counter() - t0}
+            extra = {"notes": res.report["notes"],
+                     "recipe": f"compress(macs={budget}, gate_epochs=1, finetune_epochs={args.epochs - 1:g}, "
+                               f"lr=0.02, round_to={args.round_to!r}), seed 0", "compress_s": time.perf_counter() - t0}
         fp32 = export_onnx(net, x, folder / f"{name}.fp32.onnx")
         result = q.quantize_checked(fp32, folder / f"{name}.int8.onnx", calibration, test, tolerance=0.01)
         cell["variants"][name] = {"macs": macs, "fp32_accuracy": result.reference_accuracy,
@@ -199,7 +201,9 @@ def markdown(cells: list[dict]) -> str:
         t = c["timing"]
         batches = list(c["latency_ms"])
         env = t["environment"]
-        lines += [f"## {c['model']}", "", f"{c['data']}; widths a multiple of {c['round_to']}; onnxruntime "
+        widths = ("widths by `round_to='auto'` (16-channel blocks, at least 16 channels a group while the budget "
+                  "allows)" if c["round_to"] == "auto" else f"widths a multiple of {c['round_to']}")
+        lines += [f"## {c['model']}", "", f"{c['data']}; {widths}; onnxruntime "
                   f"{env['onnxruntime']}, {t['threads']} thread(s) on {env['cpus']} {env['machine']} cores"
                   f"{' with VNNI' if env.get('vnni') else ''}; {t['rounds']} rounds of {t['runs']} runs, {t['when']}.",
                   "",
@@ -216,7 +220,8 @@ def markdown(cells: list[dict]) -> str:
                          + " | ".join(cells_) + " |")
         for variant, v in c["variants"].items():
             if "recipe" in v:
-                lines.append(f"\n{variant}: `{v['recipe']}`; int8: {v['int8']['recipe']}.")
+                lines.append(f"\n{variant}: `{v['recipe']}`; int8: {v['int8']['recipe']}."
+                             + "".join(f" Note: {n}." for n in v.get("notes", [])))
         if "note" in c:
             lines.append(f"\n{c['note']}")
         big = batches[-1]
@@ -265,12 +270,14 @@ def environment() -> dict:
 
 
 def main() -> None:
+    from ibprune.pipeline.config import ChannelStep, CompressConfig
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build")
     b.add_argument("--models", nargs="+", default=["resnet56", *TORCHVISION])
     b.add_argument("--epochs", type=float, default=3.0, help="ResNet-56: total epochs of compress (1 gate epoch)")
-    b.add_argument("--round-to", type=int, default=8)
+    b.add_argument("--round-to", type=ChannelStep, default=CompressConfig.round_to)
     b.add_argument("--calibration-images", type=int, default=256)
     t = sub.add_parser("time")
     t.add_argument("--models", nargs="+", default=["resnet56", *TORCHVISION])

@@ -10,6 +10,7 @@ pruned model with torch-pruning's counter: this model only steers.
 from __future__ import annotations
 
 import copy
+import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
         split_heads(model)
     with evaluating(model), attention_counted():
         macs, params = tp.utils.count_ops_and_params(model, example_input)
+    gc.collect()  # the counter's copy of the model is held in reference cycles
     return int(macs), int(params)
 
 
@@ -74,6 +76,7 @@ class CostModel:
         with evaluating(model), attention_counted():
             macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
                 model, example_input, layer_wise=True)
+        gc.collect()
         per_layer = layer_macs if metric == "macs" else layer_params
         self.metric = metric
         self.macs, self.params = int(macs), int(params)  # the unpruned model's, by torch-pruning's counter

@@ -31,7 +31,7 @@ import torch
 
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
-from ibprune.core.prune import block_sizes, plan_removal, scores
+from ibprune.core.prune import plan, scores
 
 
 class GatePressure:
@@ -73,8 +73,8 @@ class GatePressure:
 
     def plan(self) -> dict[str, list[int]]:
         """The channels the budget removes by the current ranking (lowest information first)."""
-        return plan_removal(scores(self.gates.information(), self.costs, self.per_cost), self.cost_model,
-                            self.target, block_sizes(self.gates.groups, self.round_to))
+        return plan(scores(self.gates.information(), self.costs, self.per_cost), self.cost_model, self.target,
+                    self.gates.groups, self.round_to)[0]
 
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""

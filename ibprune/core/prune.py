@@ -10,6 +10,8 @@ removed channels shut (``ibprune.core.verify``), or pruning fails naming the gro
 from __future__ import annotations
 
 import copy
+import gc
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,8 @@ from ibprune.errors import BudgetError, PreflightMismatchError, PruningMismatchE
 from ibprune.rewrites import rewrite
 from ibprune.rewrites.attention import HeadAttention
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PruneResult:
@@ -34,6 +38,7 @@ class PruneResult:
     fraction: float                 # achieved cost / original cost, counted by torch-pruning
     max_abs_diff: float             # pruned vs gated-with-removed-channels-shut at the output, on random inputs
     check_ratio: float              # the function check's worst difference over its tolerance (``ibprune.core.verify``)
+    below_floor: bool = False       # ``round_to="auto"`` had to cut groups below ``AUTO_FLOOR`` to meet the budget
 
 
 def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.Tensor],
@@ -75,25 +80,47 @@ def block_sizes(groups: list[ChannelGroup], round_to: int | str | None) -> dict[
     return {g.name: block(g) for g in groups}
 
 
+#: The fewest channels ``round_to="auto"`` leaves a group: onnxruntime's fast int8 convolution needs 16
+#: filters or more (fewer fall back to a slower kernel) and its blocked fp32 one pads fewer to 16, so a
+#: narrower layer costs MACs on paper only (``benchmarks/results/widths.md``).
+AUTO_FLOOR = 16
+
+
+def plan(score: dict[str, torch.Tensor], cost_model: CostModel, target: float, groups: list[ChannelGroup],
+         round_to: int | str | None) -> tuple[dict[str, list[int]], bool]:
+    """``plan_removal`` in ``round_to``'s blocks; under ``"auto"`` channel groups keep ``AUTO_FLOOR`` channels
+    while the budget allows it, else one block. Returns the removal and whether the floor had to go."""
+    steps = block_sizes(groups, round_to)
+    if round_to == "auto":
+        floors = {g.name: AUTO_FLOOR for g in groups if g.unit != "head"}
+        try:
+            return plan_removal(score, cost_model, target, steps, floors), False
+        except BudgetError:
+            pass
+    return plan_removal(score, cost_model, target, steps), round_to == "auto"
+
+
 def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: float,
-                 round_to: int | dict[str, int] | None = None, min_channels: int = 1,
+                 round_to: int | dict[str, int] | None = None, min_channels: int | dict[str, int] = 1,
                  tolerance: float = 0.03) -> dict[str, list[int]]:
     """Which channels to remove so the estimated cost fraction is ``<= target`` (and, where the widths allow it,
     ``>= target - tolerance``), discarding as little score as possible.
 
     Channels leave in blocks: within a group, in order of rising score, ``round_to`` at a time (the first block
-    takes the remainder) so that every group keeps a multiple of ``round_to``, and at least ``min_channels``.
+    takes the remainder) so that every group keeps a multiple of ``round_to``, and at least ``min_channels``
+    (which may differ per group, as may ``round_to``: ``block_sizes``).
     Blocks of all groups are ranked together by mean score and the shortest prefix of that ranking that meets
     the budget is taken (the cost falls monotonically along it, so a binary search finds it). Coarse blocks can
     overshoot by a whole block; then the budget is filled: removed blocks are given back, or traded for a cheaper
     block of another group, while the budget holds, best score first; a trade that loses score is made only
-    while the fraction is below ``target - tolerance``. ``round_to`` may differ per group (``block_sizes``).
+    while the fraction is below ``target - tolerance``.
     """
     steps = round_to if isinstance(round_to, dict) else dict.fromkeys(score, max(1, round_to or 1))
+    floors = min_channels if isinstance(min_channels, dict) else dict.fromkeys(score, min_channels)
     per_group: dict[str, list[tuple[float, list[int]]]] = {}  # group -> its blocks, in the order they leave
     for name, s in score.items():
         step = steps.get(name, 1)
-        floor = max(min_channels, step)
+        floor = max(floors.get(name, 1), step)
         order = torch.argsort(s, stable=True).tolist()
         start, blocks = 0, []
         while len(order) - start - ((len(order) - start) % step or step) >= floor:
@@ -112,7 +139,7 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     if narrowest > target:
         raise BudgetError(
             f"budget {target:.3f} of the original {cost_model.metric} is below what the narrowest network "
-            f"reaches here ({narrowest:.3f}, keeping at least {max([min_channels, *steps.values()])} channel(s) "
+            f"reaches here ({narrowest:.3f}, keeping at least {max([*floors.values(), *steps.values()])} channel(s) "
             f"per group" + (f", widths multiples of {max(steps.values())}" if max(steps.values()) > 1 else "") + ")")
     ranking = sorted(((total / len(idxs), n) for n, blocks in per_group.items() for total, idxs in blocks),
                      key=lambda b: b[0])
@@ -191,12 +218,16 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     aim = target
     with evaluating(model), evaluating(gates):
         for _ in range(8):
-            removed = plan_removal(score, cost_model, aim, block_sizes(groups, round_to))
+            removed, below_floor = plan(score, cost_model, aim, groups, round_to)
             slim, agreement = _check_or_blame(model, gates, groups, removed, example_input, probe)
             macs, params = count(slim, example_input.to(device))
             fraction = (macs if cost_model.metric == "macs" else params) / cost_model.total
             if fraction <= target + 1e-9:
-                return PruneResult(slim, removed, fraction, agreement.max_abs_diff, agreement.ratio)
+                if below_floor:
+                    log.warning("the budget needs channel groups narrower than %d channels, which onnxruntime "
+                                "runs no faster (fp32) or slower (int8) than %d (benchmarks/results/widths.md)",
+                                AUTO_FLOOR, AUTO_FLOOR)
+                return PruneResult(slim, removed, fraction, agreement.max_abs_diff, agreement.ratio, below_floor)
             aim -= (fraction - target) + 1e-3
         raise BudgetError(f"could not reach {target:.3f} of the original {cost_model.metric} "
                           f"(last counted {fraction:.3f})")
@@ -209,23 +240,25 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
     something else, or fails to run at all.
     """
     layers = sites(groups, removed)
-    dtypes = {name: t.dtype for name, t in (*model.named_parameters(), *model.named_buffers())}
-    with in_float64(model, gates), full_precision():
-        wide = probe.to(torch.float64)
-        reference = trace_gated(model, gates, removed, wide, layers)
-        gates.detach()
-        try:
-            slim = copy.deepcopy(model)
-        finally:
-            gates.attach(model)
+    wide = probe.to(torch.float64)
+    gc.collect()  # an earlier check's copy and dependency graph hold references in cycles: free them first
+    gates.detach()
+    try:
+        slim = copy.deepcopy(model)  # in the model's own precision: one network in float64 at a time
+    finally:
+        gates.attach(model)
+    with full_precision():
+        with in_float64(model, gates):
+            reference = trace_gated(model, gates, removed, wide, layers)
+        dtypes = _cast(slim, torch.float64)  # by name, holding no old tensor through the surgery
         gates.fold(slim)
         try:
             remove_channels(slim, example_input.to(probe.device, torch.float64), removed)
             candidate = trace(slim, wide, layers)
         except (RuntimeError, ValueError, IndexError) as err:
             raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None
-    for name, t in (*slim.named_parameters(), *slim.named_buffers()):  # back to the model's own precision
-        t.data = t.data.to(dtypes[name])
+        finally:
+            _cast(slim, dtypes)  # back to the model's own precision
     agreement = compare(reference, candidate, layers)
     if agreement.ratio > 1.0:
         err = PruningMismatchError(
@@ -234,6 +267,16 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
         err.layer = agreement.first
         raise err
     return slim, agreement
+
+
+def _cast(model: nn.Module, dtype: torch.dtype | dict[str, torch.dtype]) -> dict[str, torch.dtype]:
+    """Set ``model``'s floating tensors to ``dtype`` (one for all, or by name); returns their dtypes before."""
+    before = {}
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point():
+            before[name] = t.dtype
+            t.data = t.data.to(dtype if isinstance(dtype, torch.dtype) else dtype[name])
+    return before
 
 
 def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, Agreement]:

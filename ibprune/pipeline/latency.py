@@ -30,7 +30,7 @@ from torch import nn
 
 from ibprune.core.costs import CostModel
 from ibprune.core.groups import ChannelGroup
-from ibprune.core.prune import PruneResult, block_sizes, plan_removal, remove_channels
+from ibprune.core.prune import PruneResult, plan, remove_channels
 from ibprune.core.rankers import L1
 from ibprune.errors import BudgetError
 from ibprune.outputs import benchmark as bench
@@ -106,32 +106,31 @@ def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list
         raise ValueError("macs_for_latency needs a MACs cost model")
     original_ms = measure(model)
     score = L1.scores(model, example_input, groups)
-    blocks = block_sizes(groups, round_to)
-    plan = LatencyPlan(target, 1.0, original_ms)
+    result = LatencyPlan(target, 1.0, original_ms)
     lo, hi, best = 0.0, 1.0, None
     for _ in range(steps):
         mid = (lo + hi) / 2
         try:
-            removed = plan_removal(score, cost_model, mid, blocks)
+            removed = plan(score, cost_model, mid, groups, round_to)[0]
         except BudgetError:  # below the narrowest network the widths allow
             lo = mid
             continue
         slim = remove_channels(copy.deepcopy(model), example_input, removed)
         ratio = measure(slim) / original_ms
-        plan.tried.append({"macs": mid, "latency": ratio})
+        result.tried.append({"macs": mid, "latency": ratio})
         if ratio <= target:
             best, lo = mid, mid
         else:
             hi = mid
     if best is None:
-        fastest = min(plan.tried, key=lambda t: t["latency"], default=None)
+        fastest = min(result.tried, key=lambda t: t["latency"], default=None)
         seen = (f"; the fastest network tried ({fastest['macs']:.3f} of the MACs) ran at {fastest['latency']:.3f} "
                 f"of it") if fastest else ""
         raise BudgetError(f"latency budget {target:.3f} of the original's {original_ms:.3g} ms is out of reach by "
                           f"removing channels here{seen}: per-operator overhead bounds how fast a slimmer network "
                           "runs (try a larger batch or a looser budget)")
-    plan.macs = best
-    return plan
+    result.macs = best
+    return result
 
 
 def meet(prune: Callable[[float], PruneResult], measure: Callable[[nn.Module], float], plan: LatencyPlan,

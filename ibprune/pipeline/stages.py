@@ -26,7 +26,7 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, find_groups
 from ibprune.core.modes import evaluating, rng_state, set_rng_state
-from ibprune.core.prune import preflight, prune_to_budget, remove_channels
+from ibprune.core.prune import AUTO_FLOOR, preflight, prune_to_budget, remove_channels
 from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
@@ -128,6 +128,7 @@ class Pruned:
     gate_report: dict
     accuracy: dict
     latency: dict | None
+    below_floor: bool = False  # ``round_to="auto"`` cut groups below ``AUTO_FLOOR`` channels for the budget
 
 
 @dataclass
@@ -354,7 +355,8 @@ def prune(p: Prepared, run: Run) -> Pruned:
     recalibrate_bn(slim, p.train, p.device)
     accuracy["pruned_bn_recalibrated"] = p.accuracy(slim)
     return Pruned(slim, result.removed, result.fraction, result.max_abs_diff, ranked.information,
-                  ranked.gate_report, accuracy, asdict(run.latency) if run.latency is not None else None)
+                  ranked.gate_report, accuracy, asdict(run.latency) if run.latency is not None else None,
+                  result.below_floor)
 
 
 def pruned_state(out: Pruned) -> dict:
@@ -476,6 +478,10 @@ def _notes(p: Prepared, run: Run) -> list[str]:
     if p.metric != "latency" and run.pruned.fraction < p.target - 0.03:
         notes.append(f"achieved {p.metric} {run.pruned.fraction:.3f} is more than 0.03 below the budget "
                      f"{p.target:.3f}: the channel widths (round_to={p.cfg.round_to}) allow no closer fit")
+    if run.pruned.below_floor:
+        notes.append(f"the budget left channel groups narrower than {AUTO_FLOOR} channels, which onnxruntime runs "
+                     f"no faster (fp32) or slower (int8) than {AUTO_FLOOR}: a looser budget may run as fast "
+                     "(benchmarks/results/widths.md)")
     for key, result in (run.quantize or {}).items():
         if not result.ok:
             why = ("no validation data to check it on" if result.accuracy is None else

@@ -9,7 +9,15 @@ from ibprune.core.costs import CostModel, count
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import find_groups
 from ibprune.core.modes import full_precision
-from ibprune.core.prune import AUTO_BLOCK, auto_block, plan_removal, prune_to_budget, remove_channels, scores
+from ibprune.core.prune import (
+    AUTO_BLOCK,
+    AUTO_FLOOR,
+    auto_block,
+    plan_removal,
+    prune_to_budget,
+    remove_channels,
+    scores,
+)
 from ibprune.errors import BudgetError, PruningMismatchError
 
 X = torch.randn(1, 1, 8, 8)
@@ -78,6 +86,36 @@ def test_auto_round_to_keeps_each_group_on_its_own_multiple(digits_net):
     assert len(set(steps.values())) > 1, "the digits CNN's groups should get different blocks"
     assert result.removed and all((g.size - len(result.removed.get(g.name, []))) % steps[g.name] == 0
                                   for g in groups)
+
+
+def _kept(groups, result) -> dict[str, int]:
+    return {g.name: g.size - len(result.removed.get(g.name, [])) for g in groups}
+
+
+def test_auto_keeps_the_floor_of_channels_while_the_budget_allows_it():
+    from ibprune.models.digits import DigitsNet
+
+    net = DigitsNet(width=32).eval()  # groups of 32 and 64 channels
+    groups, cost_model, gates = _setup(net)
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(0.1, 1.0)
+    result = prune_to_budget(net, gates, groups, X, cost_model, 0.5, round_to="auto")
+    kept = _kept(groups, result)
+    assert result.removed and not result.below_floor
+    assert min(kept.values()) >= AUTO_FLOOR and result.fraction <= 0.5
+
+
+def test_auto_goes_below_the_floor_only_when_the_budget_needs_it(digits_net, caplog):
+    groups, cost_model, gates = _setup(digits_net)  # groups of 16 and 32: the floor leaves little to remove
+    with torch.no_grad():
+        for g in gates.gates.values():
+            g.mu.uniform_(0.1, 1.0)
+    with caplog.at_level("WARNING", logger="ibprune.core.prune"):
+        result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.3, round_to="auto")
+    assert result.below_floor and result.fraction <= 0.3
+    assert min(_kept(groups, result).values()) < AUTO_FLOOR
+    assert "narrower than 16 channels" in caplog.text
 
 
 def test_gated_and_pruned_models_agree_after_fold(digits_net):
