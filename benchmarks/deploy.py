@@ -78,11 +78,12 @@ def build_resnet56(args) -> dict:
             t0 = time.perf_counter()
             res = ibprune.compress(dense, train, None, example_input=x, macs=budget, gate_epochs=1.0,
                                    finetune_epochs=args.epochs - 1.0, lr=0.02, round_to=args.round_to, verbose=False,
-                                   bench_batch=BATCH["resnet56"], latency_runs=5, device="cpu")
+                                   bench_batch=BATCH["resnet56"], latency_runs=5, device="cpu", quantize="int8")
             net, macs = res.model.eval(), res.report["achieved"]["macs"]
-            extra = {"notes": res.report["notes"],
+            extra = {"notes": [n for n in res.report["notes"] if "not verified" not in n],  # checked below
                      "recipe": f"compress(macs={budget}, gate_epochs=1, finetune_epochs={args.epochs - 1:g}, "
-                               f"lr=0.02, round_to={args.round_to!r}), seed 0", "compress_s": time.perf_counter() - t0}
+                               f"lr=0.02, round_to={args.round_to!r}, quantize='int8'), seed 0",
+                     "compress_s": time.perf_counter() - t0}
         fp32 = export_onnx(net, x, folder / f"{name}.fp32.onnx")
         result = q.quantize_checked(fp32, folder / f"{name}.int8.onnx", calibration, test, tolerance=0.01)
         cell["variants"][name] = {"macs": macs, "fp32_accuracy": result.reference_accuracy,
@@ -104,7 +105,8 @@ def build_torchvision(name: str, args) -> dict:
     x = torch.randn(1, 3, 224, 224)
     data = [(torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))) for _ in range(4)]
     res = ibprune.compress(dense, data, None, example_input=x, macs=0.5, criterion="l1", finetune_epochs=0.0,
-                           round_to=args.round_to, verbose=False, bench_batch=BATCH[name], latency_runs=3, device="cpu")
+                           round_to=args.round_to, verbose=False, bench_batch=BATCH[name], latency_runs=3, device="cpu",
+                           quantize="int8")  # the widths compress builds for an int8 file
     folder = WORK / name
     folder.mkdir(parents=True, exist_ok=True)
     calibration = [torch.randn(8, 3, 224, 224).numpy() for _ in range(4)]

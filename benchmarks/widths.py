@@ -138,7 +138,7 @@ def build_torchvision(name: str, args) -> None:
         try:
             res = ibprune.compress(dense, data, None, example_input=x, macs=MACS, criterion="l1",
                                    finetune_epochs=0.0, round_to=step, verbose=False, bench_batch=BATCH[name],
-                                   latency_runs=3, device="cpu")
+                                   latency_runs=3, device="cpu", quantize="int8")  # widths for int8
         except BudgetError as err:
             cell["variants"][f"r{step}"] = {"round_to": step, "status": "unreachable", "reason": str(err)}
         else:
@@ -298,8 +298,9 @@ def _label(v: dict) -> str:
 def markdown(cells: list[dict]) -> str:
     lines = ["# Channel widths and onnxruntime: round_to 4, 8, 16, 32 and auto", "",
              f"Each model pruned to {MACS} of its MACs with each `round_to` (`auto`: 16 channels at a time, fewer "
-             "in groups narrower than 64, `ibprune.core.prune.auto_block`, and no group below 16 channels while "
-             "the budget allows, `AUTO_FLOOR`; *auto at 0.6*: a looser budget), exported, quantized (static QDQ int8) "
+             "in groups narrower than 64, `ibprune.core.prune.auto_block`, and, as `compress` builds it for an "
+             "int8 file, no group below 16 channels while the budget allows, `INT8_FLOOR`; *auto at 0.6*: a "
+             "looser budget), exported, quantized (static QDQ int8) "
              "and timed in interleaved rounds; speed-up against the dense fp32 file of the same round. *as 16-blocks "
              "compute*: the convolutions' MACs with every width rounded up to a multiple of 16, as onnxruntime's "
              "blocked fp32 convolution pads them, against the dense model's. *on the "
@@ -352,7 +353,29 @@ def markdown(cells: list[dict]) -> str:
             lines += [f"| {n} | " + " | ".join(f"{lat[b][f'{n}.{k}']['p50']:.2f}" for b in ("batch_1", big)
                                               for k in ("int8", "s8s8")) + " |" for n in signed]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _kernels_markdown())
+
+
+def _kernels_markdown() -> list[str]:
+    path = RESULTS / "widths" / "kernels.json"
+    if not path.exists():
+        return []
+    k = json.loads(path.read_text())
+    t, env = k["timing"], k["timing"]["environment"]
+    lines = ["## Convolutions by width", "", f"{k['layers']}, `python benchmarks/widths.py kernels`: time per MAC at "
+             f"batch 64 (picoseconds; fp32 and int8 of one width interleaved), onnxruntime {env['onnxruntime']}, "
+             f"{t['threads']} thread(s) on {env['cpus']} {env['machine']} cores"
+             f"{' with VNNI' if env.get('vnni') else ''}, "
+             f"{t['rounds']} rounds of {t['runs']} runs, {t['when']}.", "",
+             "| width | fp32 b1 | fp32 b64 | int8 b1 | int8 b64 | fp32 ps/MAC | int8 ps/MAC | int8 speed-up b64 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for w, lat in k["latency_ms"].items():
+        macs = 64 * k["macs_per_image"][w]
+        f1, f64 = lat["batch_1"][f"w{w}.fp32"]["p50"], lat["batch_64"][f"w{w}.fp32"]["p50"]
+        i1, i64 = lat["batch_1"][f"w{w}.int8"]["p50"], lat["batch_64"][f"w{w}.int8"]
+        lines.append(f"| {w} | {f1:.3f} ms | {f64:.2f} ms | {i1:.3f} ms | {i64['p50']:.2f} ms | "
+                     f"{1e9 * f64 / macs:.1f} | {1e9 * i64['p50'] / macs:.1f} | {i64['speedup']:.2f}x |")
+    return [*lines, ""]
 
 
 def plot(cells: list[dict], path: Path) -> None:
@@ -379,6 +402,42 @@ def plot(cells: list[dict], path: Path) -> None:
     write_figure(path, fig)
 
 
+#: widths of the ``kernels`` study: convolutions of this many filters, reading as many channels
+KERNEL_WIDTHS = (4, 8, 12, 16, 20, 24, 32, 48, 64)
+
+
+def kernels(args) -> None:
+    """Time per MAC of onnxruntime's convolutions by width: a stack of four 3x3 convolutions (``w`` channels in
+    and out, ReLU between, 32x32 like ResNet-56's first stage) for each width, fp32 and int8 (calibrated on
+    random inputs), timed in interleaved rounds. Writes ``widths/kernels.json``."""
+    from torch import nn
+
+    from ibprune.files import write_json
+    from ibprune.outputs import quantize as q
+    from ibprune.outputs.onnx import export_onnx
+
+    torch.manual_seed(0)
+    folder = WORK / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    files, macs = {}, {}
+    for w in KERNEL_WIDTHS:
+        net = nn.Sequential(*[m for _ in range(4) for m in (nn.Conv2d(w, w, 3, padding=1), nn.ReLU())]).eval()
+        x = torch.randn(1, w, 32, 32)
+        fp32 = export_onnx(net, x, folder / f"w{w}.fp32.onnx")
+        q.quantize_int8(fp32, folder / f"w{w}.int8.onnx", [torch.randn(8, w, 32, 32).numpy() for _ in range(4)])
+        files.update({f"w{w}.fp32": fp32, f"w{w}.int8": folder / f"w{w}.int8.onnx"})
+        macs[w] = 4 * w * w * 9 * 32 * 32
+    timing = {}
+    for w in KERNEL_WIDTHS:  # one width at a time (inputs differ), its fp32 and int8 interleaved
+        timing[w] = time_interleaved({k: v for k, v in files.items() if k.startswith(f"w{w}.")},
+                                     torch.zeros(1, w, 32, 32), (1, 64), args.threads, args.rounds, args.runs,
+                                     reference=f"w{w}.fp32")
+    out = {"layers": "4 x (Conv2d(w, w, 3, padding=1) + ReLU) at 32x32", "macs_per_image": macs,
+           "latency_ms": {str(w): t for w, t in timing.items()}, "timing": timing_settings(args),
+           "environment": environment()}
+    write_json(RESULTS / "widths" / "kernels.json", out)
+
+
 def build(args) -> None:
     CELLS.mkdir(parents=True, exist_ok=True)
     for model in args.models:
@@ -389,18 +448,19 @@ def build(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("build", "time", "profile", "aggregate"):
+    for name in ("build", "time", "profile", "kernels", "aggregate"):
         s = sub.add_parser(name)
         s.add_argument("--models", nargs="+", default=list(BATCH))
         if name == "build":
             s.add_argument("--finetune-epochs", type=float, default=1.0, help="ResNet-56: fine-tuning epochs")
-        if name in ("time", "profile"):
+        if name in ("time", "profile", "kernels"):
             s.add_argument("--threads", type=int, default=2)
             s.add_argument("--runs", type=int, default=20)
-        if name == "time":
+        if name in ("time", "kernels"):
             s.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    {"build": build, "time": time_cells, "profile": profile_cells, "aggregate": aggregate}[args.command](args)
+    {"build": build, "time": time_cells, "profile": profile_cells, "kernels": kernels,
+     "aggregate": aggregate}[args.command](args)
 
 
 if __name__ == "__main__":

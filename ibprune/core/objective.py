@@ -38,8 +38,10 @@ class GatePressure:
     """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze)."""
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
-                 round_to: int | str | None = None, explore: float = 0.5, per_cost: bool = False) -> None:
+                 round_to: int | str | None = None, explore: float = 0.5, per_cost: bool = False,
+                 min_channels: int = 1) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
+        self.min_channels = min_channels
         self.costs = cost_model.channel_costs()
         self.weights = dict(self.costs)
         self.beta = self.beta_explore = beta
@@ -74,7 +76,7 @@ class GatePressure:
     def plan(self) -> dict[str, list[int]]:
         """The channels the budget removes by the current ranking (lowest information first)."""
         return plan(scores(self.gates.information(), self.costs, self.per_cost), self.cost_model, self.target,
-                    self.gates.groups, self.round_to)[0]
+                    self.gates.groups, self.round_to, self.min_channels)[0]
 
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
@@ -116,7 +118,8 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
                 steps: int, *, lr: float, gate_lr: float, weight_decay: float, beta: float | None = None,
                 round_to: int | str | None = None, per_cost: bool = False, explore: float = 0.5,
-                on_step: Callable[[int, GatePressure], None] | None = None, verbose: bool = True) -> GatePressure:
+                min_channels: int = 1, on_step: Callable[[int, GatePressure], None] | None = None,
+                verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
@@ -132,7 +135,8 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     model.train()
     if beta is None and steps:
         beta = calibrate_beta(model, gates, cost_model.channel_costs(), loader, device)
-    pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost)
+    pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
+                            min_channels)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_step(step: int) -> dict:

@@ -38,7 +38,7 @@ class PruneResult:
     fraction: float                 # achieved cost / original cost, counted by torch-pruning
     max_abs_diff: float             # pruned vs gated-with-removed-channels-shut at the output, on random inputs
     check_ratio: float              # the function check's worst difference over its tolerance (``ibprune.core.verify``)
-    below_floor: bool = False       # ``round_to="auto"`` had to cut groups below ``AUTO_FLOOR`` to meet the budget
+    below_floor: bool = False       # groups had to go below ``min_channels`` to meet the budget
 
 
 def scores(information: dict[str, torch.Tensor], channel_costs: dict[str, torch.Tensor],
@@ -80,24 +80,23 @@ def block_sizes(groups: list[ChannelGroup], round_to: int | str | None) -> dict[
     return {g.name: block(g) for g in groups}
 
 
-#: The fewest channels ``round_to="auto"`` leaves a group: onnxruntime's fast int8 convolution needs 16
-#: filters or more (fewer fall back to a slower kernel) and its blocked fp32 one pads fewer to 16, so a
-#: narrower layer costs MACs on paper only (``benchmarks/results/widths.md``).
-AUTO_FLOOR = 16
+#: The fewest channels a group keeps when ``round_to="auto"`` widths ship as int8: onnxruntime's fast int8
+#: convolution needs 16 filters or more, and a narrower one runs slower than 16 (``benchmarks/results/widths.md``).
+INT8_FLOOR = 16
 
 
 def plan(score: dict[str, torch.Tensor], cost_model: CostModel, target: float, groups: list[ChannelGroup],
-         round_to: int | str | None) -> tuple[dict[str, list[int]], bool]:
-    """``plan_removal`` in ``round_to``'s blocks; under ``"auto"`` channel groups keep ``AUTO_FLOOR`` channels
-    while the budget allows it, else one block. Returns the removal and whether the floor had to go."""
+         round_to: int | str | None, min_channels: int = 1) -> tuple[dict[str, list[int]], bool]:
+    """``plan_removal`` in ``round_to``'s blocks, channel groups keeping ``min_channels`` while the budget allows
+    it, else one block. Returns the removal and whether the floor had to go."""
     steps = block_sizes(groups, round_to)
-    if round_to == "auto":
-        floors = {g.name: AUTO_FLOOR for g in groups if g.unit != "head"}
+    if min_channels > 1:
+        floors = {g.name: min_channels for g in groups if g.unit != "head"}
         try:
             return plan_removal(score, cost_model, target, steps, floors), False
         except BudgetError:
             pass
-    return plan_removal(score, cost_model, target, steps), round_to == "auto"
+    return plan_removal(score, cost_model, target, steps), min_channels > 1
 
 
 def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: float,
@@ -202,14 +201,14 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict
 
 def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], example_input: torch.Tensor,
                     cost_model: CostModel, target: float, round_to: int | str | None = None,
-                    check_batch: int = 4,
+                    check_batch: int = 4, min_channels: int = 1,
                     importance: dict[str, torch.Tensor] | None = None, per_cost: bool = False) -> PruneResult:
     """Slim copy of ``model`` (gates attached) at ``<= target`` of the original cost, gate means folded in.
 
     Channels are ranked by the gates' information (see ``scores``), or, when ``importance`` (another criterion)
     is given, by that importance, as torch-pruning ranks globally. The estimate steers, torch-pruning's
     count decides: if the counted fraction exceeds ``target`` the plan is redone with a tighter internal target.
-    ``model`` itself is left as it was.
+    Channel groups keep ``min_channels`` while the budget allows it (``plan``). ``model`` is left as it was.
     """
     device = next(model.parameters()).device
     score = importance if importance is not None else scores(gates.information(), cost_model.channel_costs(),
@@ -218,15 +217,13 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     aim = target
     with evaluating(model), evaluating(gates):
         for _ in range(8):
-            removed, below_floor = plan(score, cost_model, aim, groups, round_to)
+            removed, below_floor = plan(score, cost_model, aim, groups, round_to, min_channels)
             slim, agreement = _check_or_blame(model, gates, groups, removed, example_input, probe)
             macs, params = count(slim, example_input.to(device))
             fraction = (macs if cost_model.metric == "macs" else params) / cost_model.total
             if fraction <= target + 1e-9:
                 if below_floor:
-                    log.warning("the budget needs channel groups narrower than %d channels, which onnxruntime "
-                                "runs no faster (fp32) or slower (int8) than %d (benchmarks/results/widths.md)",
-                                AUTO_FLOOR, AUTO_FLOOR)
+                    log.warning("the budget needs channel groups narrower than %d channels", min_channels)
                 return PruneResult(slim, removed, fraction, agreement.max_abs_diff, agreement.ratio, below_floor)
             aim -= (fraction - target) + 1e-3
         raise BudgetError(f"could not reach {target:.3f} of the original {cost_model.metric} "

@@ -103,7 +103,7 @@ class IBRanker:
             beta = self.explored["beta"]
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target, steps,
                                beta=beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
-                               round_to=cfg.round_to, per_cost=cfg.rank_per_cost,
+                               round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
                                explore=0.0 if self.explored is not None else 0.5, verbose=job.verbose)
         information = gates.information()
         report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ibprune.core.prune import INT8_FLOOR
 from ibprune.core.rankers import ranker
 from ibprune.errors import BudgetError, InputError
 
@@ -61,8 +62,9 @@ class CompressConfig:
                                    "after adapt epochs); compress(distill=<model>) names another teacher",
                             "train", bool)
     round_to: int | str | None = _setting(
-        "auto", "keep channel counts a multiple of this; auto: of 16, or less in a group narrower than 64 "
-                "(what onnxruntime's kernels compute: benchmarks/results/widths.md); 1 for exact widths",
+        "auto", "keep channel counts a multiple of this; auto: of 16, or less in a group narrower than 64, "
+                "and with quantize int8 at least 16 channels while the budget allows (what onnxruntime's "
+                "kernels compute: benchmarks/results/widths.md); 1 for exact widths",
         "train", ChannelStep)
     criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
                                     "random (for comparisons); compress() also takes a ranker object "
@@ -122,6 +124,13 @@ class CompressConfig:
     def budget(self) -> tuple[str, float]:
         """``("macs" | "params" | "latency", fraction)``: exactly one budget must be set, in (0, 1)."""
         return budget_of(self.macs, self.params, self.latency)
+
+    @property
+    def min_channels(self) -> int:
+        """The fewest channels a group keeps while the budget allows: ``INT8_FLOOR`` for ``"auto"`` widths that
+        ship as int8 (onnxruntime's int8 convolution is slower below it; in fp32 the budget is better spent
+        there: ``benchmarks/results/widths.md``), else one block."""
+        return INT8_FLOOR if self.round_to == "auto" and self.quantize == "int8" else 1
 
 
 def budget_of(macs: float | None, params: float | None, latency: float | None = None) -> tuple[str, float]:

@@ -96,7 +96,7 @@ class LatencyPlan:
 
 def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup],
                      cost_model: CostModel, target: float, measure: Callable[[nn.Module], float], *,
-                     round_to: int | str | None = None, steps: int = 6) -> LatencyPlan:
+                     round_to: int | str | None = None, min_channels: int = 1, steps: int = 6) -> LatencyPlan:
     """The largest MACs fraction (to ``1 / 2**steps``) whose L1-planned network runs within ``target`` of
     ``model``'s latency, as ``measure`` times it. ``cost_model`` must count MACs.
 
@@ -111,7 +111,7 @@ def macs_for_latency(model: nn.Module, example_input: torch.Tensor, groups: list
     for _ in range(steps):
         mid = (lo + hi) / 2
         try:
-            removed = plan(score, cost_model, mid, groups, round_to)[0]
+            removed = plan(score, cost_model, mid, groups, round_to, min_channels)[0]
         except BudgetError:  # below the narrowest network the widths allow
             lo = mid
             continue

@@ -26,7 +26,7 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, find_groups
 from ibprune.core.modes import evaluating, rng_state, set_rng_state
-from ibprune.core.prune import AUTO_FLOOR, preflight, prune_to_budget, remove_channels
+from ibprune.core.prune import preflight, prune_to_budget, remove_channels
 from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
@@ -128,7 +128,7 @@ class Pruned:
     gate_report: dict
     accuracy: dict
     latency: dict | None
-    below_floor: bool = False  # ``round_to="auto"`` cut groups below ``AUTO_FLOOR`` channels for the budget
+    below_floor: bool = False  # the budget cut groups below ``cfg.min_channels``
 
 
 @dataclass
@@ -298,7 +298,8 @@ def plan_latency(p: Prepared, run: Run) -> LatencyPlan:
     """A latency budget as a MACs target, found by timing candidate networks before any training."""
     searched = time.perf_counter()
     plan = macs_for_latency(p.work, p.example_input, p.groups, p.cost_model, p.target, p.meter(),
-                            round_to=p.cfg.round_to)  # its first timing, the original's, is the reference
+                            round_to=p.cfg.round_to, min_channels=p.cfg.min_channels)
+    # the search's first timing, the original's, is the reference
     p._reference_ms = plan.original_ms
     plan.seconds = time.perf_counter() - searched
     p.log(f"[ibprune] latency budget {p.target:.3f} of {plan.original_ms:.3g} ms (onnxruntime, batch "
@@ -342,6 +343,7 @@ def prune(p: Prepared, run: Run) -> Pruned:
 
     def to(fraction: float):
         return prune_to_budget(p.work, gates, p.groups, p.example_input, p.cost_model, fraction, p.cfg.round_to,
+                               min_channels=p.cfg.min_channels,
                                importance={k: v.to(p.device) for k, v in ranked.scores.items()})
 
     if run.latency is None:
@@ -479,9 +481,9 @@ def _notes(p: Prepared, run: Run) -> list[str]:
         notes.append(f"achieved {p.metric} {run.pruned.fraction:.3f} is more than 0.03 below the budget "
                      f"{p.target:.3f}: the channel widths (round_to={p.cfg.round_to}) allow no closer fit")
     if run.pruned.below_floor:
-        notes.append(f"the budget left channel groups narrower than {AUTO_FLOOR} channels, which onnxruntime runs "
-                     f"no faster (fp32) or slower (int8) than {AUTO_FLOOR}: a looser budget may run as fast "
-                     "(benchmarks/results/widths.md)")
+        notes.append(f"the budget left channel groups narrower than {p.cfg.min_channels} channels, which "
+                     f"onnxruntime's int8 convolution runs slower than {p.cfg.min_channels}: a looser budget may run "
+                     "as fast (benchmarks/results/widths.md)")
     for key, result in (run.quantize or {}).items():
         if not result.ok:
             why = ("no validation data to check it on" if result.accuracy is None else

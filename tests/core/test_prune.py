@@ -11,7 +11,7 @@ from ibprune.core.groups import find_groups
 from ibprune.core.modes import full_precision
 from ibprune.core.prune import (
     AUTO_BLOCK,
-    AUTO_FLOOR,
+    INT8_FLOOR,
     auto_block,
     plan_removal,
     prune_to_budget,
@@ -92,7 +92,7 @@ def _kept(groups, result) -> dict[str, int]:
     return {g.name: g.size - len(result.removed.get(g.name, [])) for g in groups}
 
 
-def test_auto_keeps_the_floor_of_channels_while_the_budget_allows_it():
+def test_groups_keep_min_channels_while_the_budget_allows_it():
     from ibprune.models.digits import DigitsNet
 
     net = DigitsNet(width=32).eval()  # groups of 32 and 64 channels
@@ -100,21 +100,22 @@ def test_auto_keeps_the_floor_of_channels_while_the_budget_allows_it():
     with torch.no_grad():
         for g in gates.gates.values():
             g.mu.uniform_(0.1, 1.0)
-    result = prune_to_budget(net, gates, groups, X, cost_model, 0.5, round_to="auto")
+    result = prune_to_budget(net, gates, groups, X, cost_model, 0.5, round_to="auto", min_channels=INT8_FLOOR)
     kept = _kept(groups, result)
     assert result.removed and not result.below_floor
-    assert min(kept.values()) >= AUTO_FLOOR and result.fraction <= 0.5
+    assert min(kept.values()) >= INT8_FLOOR and result.fraction <= 0.5
 
 
-def test_auto_goes_below_the_floor_only_when_the_budget_needs_it(digits_net, caplog):
+def test_groups_go_below_min_channels_only_when_the_budget_needs_it(digits_net, caplog):
     groups, cost_model, gates = _setup(digits_net)  # groups of 16 and 32: the floor leaves little to remove
     with torch.no_grad():
         for g in gates.gates.values():
             g.mu.uniform_(0.1, 1.0)
     with caplog.at_level("WARNING", logger="ibprune.core.prune"):
-        result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.3, round_to="auto")
+        result = prune_to_budget(digits_net, gates, groups, X, cost_model, 0.3, round_to="auto",
+                                 min_channels=INT8_FLOOR)
     assert result.below_floor and result.fraction <= 0.3
-    assert min(_kept(groups, result).values()) < AUTO_FLOOR
+    assert min(_kept(groups, result).values()) < INT8_FLOOR
     assert "narrower than 16 channels" in caplog.text
 
 

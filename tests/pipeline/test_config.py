@@ -5,7 +5,7 @@ import pytest
 
 import ibprune
 from ibprune.cli import _parser
-from ibprune.core.prune import auto_block
+from ibprune.core.prune import INT8_FLOOR, auto_block
 from ibprune.errors import BudgetError, InputError
 from ibprune.pipeline.config import CompressConfig, settings_fields
 from ibprune.recipe import Job, load_recipe
@@ -62,3 +62,10 @@ def test_a_job_inherits_every_setting_and_its_default():
     job = Job(model="m:f", data="digits", out="o")
     assert job.settings() == dataclasses.asdict(CompressConfig())
     assert Job(model="m:f", data="digits", out="o", macs=[0.7, 0.5]).macs == [0.7, 0.5]  # a sweep
+
+
+@pytest.mark.parametrize(("settings", "floor"), [({}, 1), ({"quantize": "int8"}, INT8_FLOOR),
+                                                  ({"quantize": "int8", "round_to": 8}, 1)])
+def test_auto_widths_keep_16_channels_only_for_an_int8_deployment(settings, floor):
+    # onnxruntime's int8 convolution is slower below 16 filters; in fp32 narrower groups still pay
+    assert CompressConfig(macs=0.5, **settings).min_channels == floor
