@@ -227,6 +227,12 @@ def markdown(cells: list[dict]) -> str:
         if "note" in c:
             lines.append(f"\n{c['note']}")
         big = batches[-1]
+        if "ib0.50" in c["variants"]:  # the targets: int8 at 0.5 MACs against dense fp32
+            v, lat = c["variants"]["ib0.50"], c["latency_ms"]
+            lines.append(f"\nib0.50 int8 against dense fp32: {lat['batch_1']['ib0.50.int8']['speedup']:.2f}x at "
+                         f"batch 1 (target 2x), {lat[big]['ib0.50.int8']['speedup']:.2f}x at {big.replace('_', ' ')} "
+                         f"(target 3x); int8 accuracy {100 * (v['int8_accuracy'] - v['fp32_accuracy']):+.2f} points "
+                         "against its fp32 file (target within 1).")
         for variant, v in c["variants"].items():
             if v["macs"] < 1.0:
                 ratio = c["latency_ms"][big][f"{variant}.fp32"]["speedup"] * v["macs"]

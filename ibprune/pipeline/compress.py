@@ -74,9 +74,10 @@ def compress(
     ``adapted``. Those epochs count in the budget you spend, as the others do.
 
     ``round_to="auto"`` (the default) removes channels 16 at a time, fewer in groups narrower than 64
-    (``ibprune.core.prune.auto_block``): onnxruntime computes a width off the 16-channel grid as the next
-    multiple of 16, so other widths waste the MACs removed (``benchmarks/results/widths.md``); an int fixes the
-    multiple for every group, ``round_to=1`` gives exact widths.
+    (``ibprune.core.prune.auto_block``), and for an int8 file keeps 16 channels a group while the budget allows
+    (``CompressConfig.min_channels``): the widths onnxruntime's kernels compute fast
+    (``benchmarks/results/widths.md``); an int fixes the multiple for every group, ``round_to=1`` gives exact
+    widths.
     """
     cfg = CompressConfig.from_keywords(settings)
     with _folder(out_dir) as folder:
