@@ -31,15 +31,24 @@ def in_float64(*modules: nn.Module):
     """Inside the block the modules compute in float64; after it every tensor has its own dtype again, with its
     exact value (every float32 is a float64). The function check runs so: float32's reordered sums (deleting a
     channel changes the order) grow through a deep residual stream, while a wrong prune changes what a layer
-    computes by far more than float64's rounding (evidence: benchmarks/results/coverage.md)."""
-    saved = [(t, t.dtype) for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
-    for t, _ in saved:
-        t.data = t.data.to(torch.float64)
+    computes by far more than float64's rounding (evidence: benchmarks/results/coverage.md). Dtypes are
+    restored by name: a tensor that surgery replaced inside the block gets its dtype back too, and no old
+    tensor is kept alive meanwhile."""
+    saved = [{name: t.dtype for name, t in _floating(m)} for m in modules]
+    for m in modules:
+        for _, t in _floating(m):
+            t.data = t.data.to(torch.float64)
     try:
         yield
     finally:
-        for t, dtype in saved:
-            t.data = t.data.to(dtype)
+        for m, dtypes in zip(modules, saved):
+            for name, t in _floating(m):
+                if name in dtypes:
+                    t.data = t.data.to(dtypes[name])
+
+
+def _floating(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
 
 
 @contextlib.contextmanager

@@ -247,15 +247,13 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
     with full_precision():
         with in_float64(model, gates):
             reference = trace_gated(model, gates, removed, wide, layers)
-        dtypes = _cast(slim, torch.float64)  # by name, holding no old tensor through the surgery
-        gates.fold(slim)
-        try:
-            remove_channels(slim, example_input.to(probe.device, torch.float64), removed)
-            candidate = trace(slim, wide, layers)
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None
-        finally:
-            _cast(slim, dtypes)  # back to the model's own precision
+        with in_float64(slim):  # back to the model's own precision after, surgery's new tensors too
+            gates.fold(slim)
+            try:
+                remove_channels(slim, example_input.to(probe.device, torch.float64), removed)
+                candidate = trace(slim, wide, layers)
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None
     agreement = compare(reference, candidate, layers)
     if agreement.ratio > 1.0:
         err = PruningMismatchError(
@@ -264,16 +262,6 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
         err.layer = agreement.first
         raise err
     return slim, agreement
-
-
-def _cast(model: nn.Module, dtype: torch.dtype | dict[str, torch.dtype]) -> dict[str, torch.dtype]:
-    """Set ``model``'s floating tensors to ``dtype`` (one for all, or by name); returns their dtypes before."""
-    before = {}
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        if t.is_floating_point():
-            before[name] = t.dtype
-            t.data = t.data.to(dtype if isinstance(dtype, torch.dtype) else dtype[name])
-    return before
 
 
 def _check_or_blame(model, gates, groups, removed, example_input, probe) -> tuple[nn.Module, Agreement]:
