@@ -233,6 +233,7 @@ def markdown(cells: list[dict]) -> str:
                          f"batch 1 (target 2x), {lat[big]['ib0.50.int8']['speedup']:.2f}x at {big.replace('_', ' ')} "
                          f"(target 3x); int8 accuracy {100 * (v['int8_accuracy'] - v['fp32_accuracy']):+.2f} points "
                          "against its fp32 file (target within 1).")
+            lines += _why_not_3x(lat[big]["dense.fp32"]["p50"])
         for variant, v in c["variants"].items():
             if v["macs"] < 1.0:
                 ratio = c["latency_ms"][big][f"{variant}.fp32"]["speedup"] * v["macs"]
@@ -241,6 +242,24 @@ def markdown(cells: list[dict]) -> str:
                              "fewer MACs).")
         lines.append("")
     return "\n".join(lines)
+
+
+def _why_not_3x(dense_fp32_ms: float) -> list[str]:
+    """What ResNet-56's 16-wide first stage costs in int8, from the profile in ``widths.py``'s cell: the time no
+    pruning can remove, since a convolution narrower than 16 filters runs slower in int8 (``widths.md``)."""
+    path = RESULTS / "widths" / "cells" / "resnet56.json"
+    if not path.exists():
+        return []
+    c = json.loads(path.read_text())
+    share = c["layout"]["dense.int8"]["conv_time_by_filters"].get("16", 0.0)
+    batch = f"batch_{c['layout']['dense.int8']['profiled_batch']}"
+    stage = share * c["latency_ms"][batch]["dense.int8"]["p50"]
+    return [f"\nWhy not 3x at {batch.replace('_', ' ')}: 3x means {dense_fp32_ms / 3:.1f} ms. "
+            f"In the dense int8 file the 16-filter convolutions (the first stage) take {100 * share:.0f} % of the "
+            f"time, {stage:.1f} ms "
+            "(onnxruntime profiler, `widths.py profile`); the widths for int8 keep that stage whole, since narrower "
+            "int8 convolutions run slower, which leaves "
+            f"{dense_fp32_ms / 3 - stage:.1f} ms for the two later stages, which hold two thirds of the MACs."]
 
 
 def plot(cells: list[dict], path: Path) -> None:
