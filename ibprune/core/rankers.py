@@ -1,10 +1,11 @@
-"""Rankers: what decides which channels leave. IB gates, or one of torch-pruning's criteria for comparison.
+"""Rankers: what decides which channels leave. IB gates, or torch-pruning's methods for comparison.
 
 A ranker answers one small protocol (``Ranker``): ``rank(job)`` scores every channel of every group (higher =
 keep), and says whether it trains gates and what its scores measure. The pipeline never asks which ranker it
 holds, so a new method is one class. torch-pruning's criteria score the dense model, normalised by
 torch-pruning's default (the group's mean), and are ranked globally, as torch-pruning's global pruning does;
 they share everything else with the IB gates: groups, budget search, rounding, verification, fine-tuning.
+Its sparse-learning methods (DepGraph's group regulariser, GReg's growing one) train the weights first.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from torch import nn
 
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
-from ibprune.core.groups import ChannelGroup, build_graph
+from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
 from ibprune.core.modes import evaluating
 from ibprune.core.objective import train_gates
 from ibprune.core.prune import scores
-from ibprune.core.train import batches, steps_for
+from ibprune.core.train import SGDConfig, batches, fit, steps_for
 from ibprune.errors import UnsupportedModelError
 
 
@@ -184,18 +185,74 @@ class Criterion:
 
 
 L1 = Criterion("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1))
+L2 = Criterion("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2))  # DepGraph's group norm
 BN = Criterion("bn", tp.importance.BNScaleImportance)
 TAYLOR = Criterion("taylor", tp.importance.GroupTaylorImportance, needs_gradients=True)
 RANDOM = Criterion("random", tp.importance.RandomImportance)
-CRITERIA = tuple(c.name for c in (L1, BN, TAYLOR, RANDOM))
-RANKERS = ("ib", *CRITERIA)
+LAMP = Criterion("lamp", tp.importance.LAMPImportance)
+FPGM = Criterion("fpgm", tp.importance.FPGMImportance)
+_CRITERIA = (L1, L2, BN, TAYLOR, RANDOM, LAMP, FPGM)
+CRITERIA = tuple(c.name for c in _CRITERIA)
+
+
+@dataclass(frozen=True)
+class SparseLearning:
+    """torch-pruning's sparse learning as a ranker: the weights first train for ``epochs`` under its pruner's
+    group regulariser (its ``regularize`` adds the penalty's gradient after each backward pass; no weight decay
+    besides, as its CIFAR scripts train), then the channels are scored by group L2 norm, which the regulariser
+    has driven apart. The phase is part of the training budget: a caller takes its epochs from fine-tuning.
+
+    ``growths`` > 0 (GReg): the pruner's ``update_reg`` raises each channel's penalty by up to ``delta_reg``
+    that many times, evenly over the phase, the less important channels' the most.
+    """
+
+    name: str
+    pruner: Callable[..., Any] = field(repr=False)  # tp.pruner.GroupNormPruner or tp.pruner.GrowingRegPruner
+    reg: float = 5e-4
+    epochs: float = 1.0
+    lr: float | None = None       # the phase's learning rate; None: the run's
+    growths: int = 0
+    delta_reg: float = 0.0
+    trains_gates: ClassVar[bool] = False
+    unit: ClassVar[str] = "group L2 norm after sparse learning"
+    title: ClassVar[str] = unit
+
+    def rank(self, job: RankJob) -> Ranking:
+        steps = steps_for(self.epochs, job.loader)
+        growing = {"delta_reg": self.delta_reg} if self.growths else {}
+        pruner = self.pruner(job.model, job.example_input, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                             reg=self.reg, global_pruning=True, **growing,
+                             ignored_layers=classifier_layers(job.model, job.example_input))
+        every = max(1, steps // self.growths) if self.growths else 0
+
+        def grow(step: int) -> dict:
+            if every and (step + 1) % every == 0:
+                pruner.update_reg()
+            return {}
+
+        fit(job.model, job.loader, steps, job.device,
+            SGDConfig(lr=self.lr or job.settings.lr, weight_decay=0.0, schedule="constant"),
+            before_step=lambda: pruner.regularize(job.model), after_step=grow, desc=self.name, verbose=job.verbose)
+        found = L2.scores(job.model, job.example_input, job.groups)
+        return Ranking(found, found, dict(NO_GATE_PHASE))  # no gates: its phase is in settings()
+
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": False, "reg": self.reg, "epochs": self.epochs, "lr": self.lr,
+                "growths": self.growths, "delta_reg": self.delta_reg}
+
+
+# The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
+DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
+GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
+RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name)
 
 
 def ranker(spec: str | Ranker) -> Ranker:
-    """The ranker a name stands for ("ib" or a torch-pruning criterion); a ranker object is returned as is."""
+    """The ranker a name stands for ("ib", a torch-pruning criterion or sparse-learning method); a ranker object
+    is returned as is."""
     if not isinstance(spec, str):
         return spec
-    named = {"ib": IBRanker(), **{c.name: c for c in (L1, BN, TAYLOR, RANDOM)}}
+    named = {"ib": IBRanker(), **{c.name: c for c in (*_CRITERIA, DEPGRAPH_SL, GREG)}}
     if spec not in named:
         raise ValueError(f"unknown criterion {spec!r}; expected one of {RANKERS}")
     return named[spec]

@@ -125,13 +125,16 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         after_step: Callable[[int], dict] | None = None, teacher: nn.Module | None = None,
         distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
         checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-        checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None) -> dict:
+        checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None,
+        before_step: Callable[[], None] | None = None) -> dict:
     """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
 
     ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
     return numbers to show in the progress bar; ``stop()``, asked after each step, ends the run early when it
-    returns True (the learning-rate schedule still spans ``steps``). ``checkpoint(state)`` receives the full
-    training state every ``checkpoint_every`` steps (default: each pass over ``loader``) and at the end;
+    returns True (the learning-rate schedule still spans ``steps``); ``before_step()`` runs between the backward
+    pass and the optimizers (a regulariser that edits the gradients, as torch-pruning's sparse learning does).
+    ``checkpoint(state)`` receives the full training state every ``checkpoint_every`` steps (default: each pass
+    over ``loader``) and at the end;
     ``resume=state`` continues from one. A non-finite loss rolls back to the last such state and halves the
     learning rate, once; the second time (or with ``extra_optimizers``, whose owners are not saved) it raises
     ``FloatingPointError``.
@@ -140,7 +143,7 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    t = _Training(model, loader, steps, sgd, extra_optimizers)
+    t = _Training(model, loader, steps, sgd, extra_optimizers, before_step)
     if teacher is not None:
         teacher.to(device).eval()
     every = max(1, checkpoint_every or min(steps, len(loader)) or 1)
@@ -183,8 +186,8 @@ class _Training:
     ``snapshot`` saves all of it (with the random state) and ``restore`` puts it back."""
 
     def __init__(self, model: nn.Module, loader, steps: int, sgd: SGDConfig | None,
-                 extra: Iterable[torch.optim.Optimizer]) -> None:
-        self.model, self.extra = model, list(extra)
+                 extra: Iterable[torch.optim.Optimizer], before_step: Callable[[], None] | None = None) -> None:
+        self.model, self.extra, self.before_step = model, list(extra), before_step
         self.opt = self.sched = None
         if sgd is not None:
             self.opt, self.sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
@@ -213,6 +216,8 @@ class _Training:
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         total.backward()
+        if self.before_step is not None:
+            self.before_step()
         for o in optimizers:
             o.step()
         if self.sched is not None:

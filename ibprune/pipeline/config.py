@@ -66,9 +66,10 @@ class CompressConfig:
                 "and with quantize int8 at least 16 channels while the budget allows (what onnxruntime's "
                 "kernels compute: benchmarks/results/widths.md); 1 for exact widths",
         "train", ChannelStep)
-    criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or torch-pruning's l1, bn, taylor, "
-                                    "random (for comparisons); compress() also takes a ranker object "
-                                    "(ibprune.core.rankers.Ranker)", "train", str)
+    criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or, for comparisons, torch-pruning's "
+                                    "l1, l2, bn, taylor, random, lamp, fpgm, or its sparse learning depgraph_sl, "
+                                    "greg (which train the weights first, for their own epochs); compress() also "
+                                    "takes a ranker object (ibprune.core.rankers.Ranker)", "train", str)
     rank_per_cost: bool = _setting(False, "rank IB channels by information per unit cost (an ablation)", "train")
     device: str = _setting("auto", "auto | cpu | cuda", "train")
     seed: int = _setting(0, "random seed", "train")

@@ -16,7 +16,7 @@ def test_every_criterion_scores_every_channel(digits_net, random_loader, criteri
     assert all(p.grad is None for p in digits_net.parameters())
 
 
-@pytest.mark.parametrize("criterion", ["l1", "bn", "taylor"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "taylor", "lamp", "fpgm"])
 def test_scores_are_torch_pruning_importances_of_the_same_group(digits_net, random_loader, criterion):
     import torch.nn.functional as F
     import torch_pruning as tp
@@ -26,7 +26,8 @@ def test_scores_are_torch_pruning_importances_of_the_same_group(digits_net, rand
     ours = criterion_scores(digits_net, x, groups, criterion, loader, torch.device("cpu"))
     graph = tp.DependencyGraph().build_dependency(digits_net, example_inputs=x)
     importance = {"l1": tp.importance.GroupMagnitudeImportance(p=1), "bn": tp.importance.BNScaleImportance(),
-                  "taylor": tp.importance.GroupTaylorImportance()}[criterion]
+                  "taylor": tp.importance.GroupTaylorImportance(), "l2": tp.importance.GroupMagnitudeImportance(p=2),
+                  "lamp": tp.importance.LAMPImportance(), "fpgm": tp.importance.FPGMImportance()}[criterion]
     if criterion == "taylor":
         for xb, yb in loader:
             F.cross_entropy(digits_net(xb), yb).backward()
@@ -91,3 +92,50 @@ def test_a_ranker_of_ones_own_plugs_in_without_a_pipeline_edit(digits_net, rando
         if gone and l1.removed.get(name):
             assert scores[name][gone].mean() > scores[name][l1.removed[name]].mean(), name
     assert any(ours.removed.values())
+
+
+def _sparse_learning(net, loader, **kw):
+    """``net`` (a copy) after a sparse-learning ranker's phase, and the ranking it returned."""
+    import copy
+
+    from ibprune.core.costs import CostModel
+    from ibprune.core.rankers import RankJob, SparseLearning
+
+    torch.manual_seed(0)
+    net, x = copy.deepcopy(net), torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(net, x)
+    job = RankJob(net, groups, CostModel(net, x, groups), x, loader, torch.device("cpu"), 0.5, None, verbose=False)
+    return net, SparseLearning("sl", lr=0.05, epochs=2.0, **kw).rank(job)
+
+
+def _conv_norm(net) -> float:
+    return sum(float(m.weight.detach().norm()) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_sparse_learning_shrinks_the_weights_it_regularises_and_scores_the_result(digits_net, random_loader):
+    import torch_pruning as tp
+
+    free, _ = _sparse_learning(digits_net, random_loader(), pruner=tp.pruner.GroupNormPruner, reg=0.0)
+    held, ranking = _sparse_learning(digits_net, random_loader(), pruner=tp.pruner.GroupNormPruner, reg=0.05)
+    assert _conv_norm(held) < 0.9 * _conv_norm(free)  # the group penalty reached the gradients
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(held, x)
+    expected = criterion_scores(held, x, groups, "l2")
+    assert all(torch.equal(ranking.scores[n], expected[n]) for n in expected)  # group L2 of the regularised net
+
+
+def test_growing_regularisation_grows(digits_net, random_loader):
+    import torch_pruning as tp
+
+    flat, _ = _sparse_learning(digits_net, random_loader(), pruner=tp.pruner.GrowingRegPruner, reg=1e-3)
+    grown, _ = _sparse_learning(digits_net, random_loader(), pruner=tp.pruner.GrowingRegPruner, reg=1e-3,
+                                growths=8, delta_reg=0.02)
+    assert _conv_norm(grown) < 0.95 * _conv_norm(flat)
+
+
+@pytest.mark.parametrize("method", ["depgraph_sl", "greg"])
+def test_compress_with_sparse_learning(digits_net, random_loader, method):
+    result = ibprune.compress(digits_net, random_loader(), macs=0.5, criterion=method, finetune_epochs=0.5,
+                              round_to=1, latency_runs=3, bench_batch=4, verbose=False)
+    rep = result.report
+    assert rep["criterion"] == method and rep["gates"]["steps"] == 0 and rep["achieved"]["macs"] <= 0.5
