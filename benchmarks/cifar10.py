@@ -8,7 +8,11 @@ about 1.5 hours, can span sittings.
 All methods see the same data, augmentation, seeds and total number of epochs:
 
 * ``ib``: ``--gate-epochs`` of gate training, then ``epochs - gate_epochs`` of fine-tuning;
-* ``l1``, ``bn``, ``taylor``, ``random``: torch-pruning's criteria, one-shot prune, ``epochs`` of fine-tuning;
+* ``l1``, ``bn``, ``taylor``, ``random``, ``lamp``, ``fpgm``: torch-pruning's criteria, one-shot prune, ``epochs``
+  of fine-tuning;
+* ``depgraph_sl``, ``greg``: torch-pruning's sparse learning (DepGraph's group regulariser, growing
+  regularisation), ``--sl-epochs`` of regularised training, then the group-L2 prune and the remaining epochs of
+  fine-tuning (``--reg``, ``--delta-reg``: their strengths, a row suffixed ``_reg`` / ``_dr``);
 * ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data).
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
@@ -70,6 +74,7 @@ gate phase in 4.5 minutes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -90,6 +95,7 @@ import ibprune
 from ibprune.core.costs import count
 from ibprune.core.groups import find_groups
 from ibprune.core.prune import remove_channels
+from ibprune.core.rankers import DEPGRAPH_SL, GREG, SparseLearning
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, steps_for
 from ibprune.data.cifar import cifar10_loaders, load_cifar10
 from ibprune.files import atomic_path, write_figure, write_json, write_text
@@ -108,8 +114,9 @@ WORK = RESULTS / "cifar10" / "work"  # checkpoints of unfinished cells (not comm
 LATENCY = RESULTS / "cifar10_latency.json"  # quiet-machine latency per cell (`latency`)
 LAYOUT = RESULTS / "cifar10_layout"  # .json / .md: batch-1 latency and onnxruntime's blocked layout (`layout`)
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost")
-BASE = ("ib", "l1", "taylor", "bn", "random")  # the criteria compared side by side, in column order
+METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost", "lamp", "fpgm", "depgraph_sl", "greg")
+SPARSE = {r.name: r for r in (DEPGRAPH_SL, GREG)}  # torch-pruning's sparse learning: a phase before the prune
+BASE = ("ib", "depgraph_sl", "greg", "lamp", "fpgm", "l1", "taylor", "bn", "random")  # the columns, in order
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.64, 2.57),
@@ -128,6 +135,10 @@ def label(method: str, args) -> str:
     if method.startswith("ib"):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
         name += f"_b{args.beta:g}" if args.beta else ""
+    if method in SPARSE:
+        name += f"_sl{args.sl_epochs:g}" if args.sl_epochs != 1.0 else ""
+        name += f"_reg{args.reg:g}" if args.reg is not None else ""
+        name += f"_dr{args.delta_reg:g}" if args.delta_reg is not None and method == "greg" else ""
     if method != "dense":
         name += "_kdd" if args.distill_dense else "_kd" if args.distill else ""
         name += f"_r{args.round_to}" if args.round_to != 8 else ""
@@ -185,6 +196,22 @@ def dense_teacher(args, seed: int) -> torch.nn.Module:
     return dense_weights(args.model, path)
 
 
+def sparse_ranker(args, method: str) -> SparseLearning | None:
+    """``depgraph_sl`` / ``greg`` with this run's phase length and strengths (torch-pruning's defaults where
+    none is given); None for other methods."""
+    if method not in SPARSE:
+        return None
+    base = SPARSE[method]
+    return dataclasses.replace(base, epochs=args.sl_epochs, reg=base.reg if args.reg is None else args.reg,
+                               delta_reg=base.delta_reg if args.delta_reg is None else args.delta_reg)
+
+
+def phase_epochs(args, method: str) -> float:
+    """Epochs a method trains before it prunes, outside the gate phase: sparse learning's, taken from the
+    fine-tune so that every method trains as many epochs in all."""
+    return args.sl_epochs if method in SPARSE else 0.0
+
+
 def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> dict:
     """One cell; it checkpoints into ``work`` every epoch and continues from there if it was interrupted."""
     device = pick_device(args.device)
@@ -216,9 +243,10 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if is_ib else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
-                                  criterion="ib" if is_ib else method, rank_per_cost=method == "ib_per_cost",
-                                  adapt_epochs=args.adapt, gate_epochs=gate_epochs,
-                                  finetune_epochs=args.epochs - args.adapt - gate_epochs, lr=args.lr,
+                                  criterion="ib" if is_ib else sparse_ranker(args, method) or method,
+                                  rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
+                                  gate_epochs=gate_epochs, finetune_epochs=args.epochs - args.adapt - gate_epochs
+                                  - phase_epochs(args, method), lr=args.lr,
                                   gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
                                   latency_runs=args.latency_runs, round_to=args.round_to, distill=teacher,
                                   out_dir=work, resume=True)
@@ -231,6 +259,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
+        "sparse_learning": sparse_ranker(args, method).settings() if method in SPARSE else None,
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
         "start": f"dense-e{start:g}" if start else "pretrained",
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
@@ -665,6 +694,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--gate-epochs", type=float, default=1.0, help="of those, the gate phase of `ib`")
     r.add_argument("--lr", type=float, default=0.02)
     r.add_argument("--gate-lr", type=float, default=0.02)
+    r.add_argument("--sl-epochs", type=float, default=1.0,
+                   help="of the epochs, the sparse-learning phase of depgraph_sl and greg (as ib's gate phase)")
+    r.add_argument("--reg", type=float, help="their regularisation strength (default: torch-pruning's scripts')")
+    r.add_argument("--delta-reg", type=float, help="greg: the growth of its penalty at each of its 10 growths")
     r.add_argument("--beta", type=float, help="fixed explore beta for ib (default: calibrated)")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--distill", action="store_true", help="fine-tune (every pruned method) against the original")
