@@ -206,15 +206,10 @@ def sparse_ranker(args, method: str) -> SparseLearning | None:
                                delta_reg=base.delta_reg if args.delta_reg is None else args.delta_reg)
 
 
-def phase_epochs(args, method: str) -> float:
-    """Epochs a method trains before it prunes, outside the gate phase: sparse learning's, taken from the
-    fine-tune so that every method trains as many epochs in all."""
-    return args.sl_epochs if method in SPARSE else 0.0
-
-
 def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> dict:
     """One cell; it checkpoints into ``work`` every epoch and continues from there if it was interrupted."""
     device = pick_device(args.device)
+    sparse = sparse_ranker(args, method)
     torch.manual_seed(seed)
     train, val, test = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", args.batch_size, device, val_size=5000,
                                        seed=seed)
@@ -243,10 +238,11 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if is_ib else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
-                                  criterion="ib" if is_ib else sparse_ranker(args, method) or method,
+                                  criterion="ib" if is_ib else sparse or method,
                                   rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
-                                  gate_epochs=gate_epochs, finetune_epochs=args.epochs - args.adapt - gate_epochs
-                                  - phase_epochs(args, method), lr=args.lr,
+                                  gate_epochs=gate_epochs,  # sparse learning's epochs come from the fine-tune too
+                                  finetune_epochs=args.epochs - args.adapt - gate_epochs
+                                  - (sparse.epochs if sparse else 0.0), lr=args.lr,
                                   gate_lr=args.gate_lr, beta=args.beta, device=device, seed=seed, bench_batch=64,
                                   latency_runs=args.latency_runs, round_to=args.round_to, distill=teacher,
                                   out_dir=work, resume=True)
@@ -259,7 +255,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
-        "sparse_learning": sparse_ranker(args, method).settings() if method in SPARSE else None,
+        "sparse_learning": sparse.settings() if sparse else None,
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
         "start": f"dense-e{start:g}" if start else "pretrained",
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,

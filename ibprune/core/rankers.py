@@ -220,18 +220,17 @@ class SparseLearning:
     def rank(self, job: RankJob) -> Ranking:
         steps = steps_for(self.epochs, job.loader)
         growing = {"delta_reg": self.delta_reg} if self.growths else {}
-        pruner = self.pruner(job.model, job.example_input, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                             reg=self.reg, global_pruning=True, **growing,
+        pruner = self.pruner(job.model, job.example_input, importance=L2.importance(), reg=self.reg,
+                             global_pruning=True, **growing,
                              ignored_layers=classifier_layers(job.model, job.example_input))
-        every = max(1, steps // self.growths) if self.growths else 0
 
-        def grow(step: int) -> dict:
-            if every and (step + 1) % every == 0:
+        def grow(step: int) -> dict:  # at the step where the phase's fraction done passes the next k / growths
+            if (step + 1) * self.growths // steps > step * self.growths // steps:
                 pruner.update_reg()
             return {}
 
         fit(job.model, job.loader, steps, job.device,
-            SGDConfig(lr=self.lr or job.settings.lr, weight_decay=0.0, schedule="constant"),
+            SGDConfig(lr=job.settings.lr if self.lr is None else self.lr, weight_decay=0.0, schedule="constant"),
             before_step=lambda: pruner.regularize(job.model), after_step=grow, desc=self.name, verbose=job.verbose)
         found = L2.scores(job.model, job.example_input, job.groups)
         return Ranking(found, found, dict(NO_GATE_PHASE))  # no gates: its phase is in settings()
