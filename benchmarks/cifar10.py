@@ -521,7 +521,7 @@ def cmd_aggregate(args) -> None:
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
           "10,000 JPEG test images. What the rows mean, protocol by protocol: `benchmarks/cifar10_findings.md`.",
-          "", *_comparison(*headline), "", "## Every run, ablations included", "",
+          "", *_comparison(*headline), "", *_tuning(table), "", "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
@@ -649,6 +649,37 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
             else "—"
         out.append(f"| {model} | {_epochs_text(total, start)} | {protocol} | {budget} | " + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
+    return out
+
+
+TUNE = ("resnet20", 3.0, 0.5)  # (model, epochs, MACs budget) of the tries each method's settings are chosen by
+
+
+def _tuning(table: list[dict]) -> list[str]:
+    """Every try of each method's settings at ``TUNE`` (the plain protocol: no distillation, adapting or
+    ablation), by validation accuracy after the fine-tune (mean over the seeds the try ran), the number the choice
+    reads; test accuracy is shown, never chosen by."""
+    tries: dict[str, list[dict]] = {}
+    for r in table:
+        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost)(_|$)", r["method"])  # another protocol, not a try
+        if (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None and not protocol:
+            base = max((m for m in BASE if r["method"] == m or r["method"].startswith(m + "_")), key=len, default=None)
+            if base:
+                tries.setdefault(base, []).append(r)
+    out = [f"## Settings tried on validation ({TUNE[0]}, {TUNE[1]:g} epochs, {TUNE[2]} MACs)", "",
+           "Each method's tries, best validation accuracy (5,000 held-out training images, after the fine-tune) "
+           "first, in **bold** (mean over the seeds it ran); suffixes: `_reg` / `_dr` regularisation strength / "
+           "growth, `_sl` sparse-learning epochs, `_lr` learning rate, `_r4` widths of 4, `_g` gate epochs, `_b` "
+           "explore beta. Test accuracy is shown but never chosen by.", "",
+           "| method | try | final (val, %) | pruned (val, %) | test (%) | seeds |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for base in BASE:
+        ranked = sorted(tries.get(base, []), key=lambda r: -r["val_accuracy"])
+        for i, r in enumerate(ranked):
+            pv = "—" if r["pruned_val_accuracy"] is None else f"{100 * r['pruned_val_accuracy']:.1f}"
+            val = f"{100 * r['val_accuracy']:.2f}"
+            out.append(f"| {base if i == 0 else ''} | {r['method']} | {f'**{val}**' if i == 0 else val} | {pv} | "
+                       f"{r['test_accuracy_mean']:.2f} | {r['seeds']} |")
     return out
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -112,7 +116,8 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
     the budget is taken (the cost falls monotonically along it, so a binary search finds it). Coarse blocks can
     overshoot by a whole block; then the budget is filled: removed blocks are given back, or traded for a cheaper
     block of another group, while the budget holds, best score first; a trade that loses score is made only
-    while the fraction is below ``target - tolerance``.
+    while the fraction is below ``target - tolerance``. Where the combinations of widths are few, or the fill is
+    still short of that window, the widths of all groups are searched together (``_fit_window``).
     """
     steps = round_to if isinstance(round_to, dict) else dict.fromkeys(score, max(1, round_to or 1))
     floors = min_channels if isinstance(min_channels, dict) else dict.fromkeys(score, min_channels)
@@ -172,7 +177,103 @@ def plan_removal(score: dict[str, torch.Tensor], cost_model: CostModel, target: 
         if not fits:
             break
         _, counts, current = min(fits, key=lambda m: m[0])
-    return removal(counts)
+    lost = {n: np.cumsum([0.0] + [total for total, _ in blocks]) for n, blocks in per_group.items()}
+    return removal(_fit_window(lost, fraction, counts, target, tolerance))
+
+
+#: Up to this many width combinations ``_fit_window`` tries them all; beyond, a knapsack over linearised costs.
+EXHAUSTIVE = 20_000
+
+
+def _fit_window(lost: dict[str, np.ndarray], fraction: Callable[[dict[str, int]], float], counts: dict[str, int],
+                target: float, tolerance: float) -> dict[str, int]:
+    """The blocks to remove per group (``lost[g][k]``: the score lost with ``k`` blocks of ``g`` gone) whose
+    fraction lies in ``[target - tolerance, target]`` at the least score lost, else the highest fraction under
+    ``target``: exact when the combinations are few (``EXHAUSTIVE``); otherwise ``counts``, the greedy plan,
+    unless it is short of that window and the knapsack finds better."""
+    def key(c: dict[str, int]) -> tuple[bool, float]:
+        f = fraction(c)
+        if f > target:
+            return True, math.inf
+        inside = f >= target - tolerance
+        return not inside, sum(lost[n][k] for n, k in c.items()) if inside else -f
+
+    names = list(lost)
+    if math.prod(len(lost[n]) for n in names) <= EXHAUSTIVE:
+        candidates = (dict(zip(names, ks)) for ks in itertools.product(*(range(len(lost[n])) for n in names)))
+        return min(candidates, key=key, default=counts)
+    if fraction(counts) >= target - tolerance:
+        return counts
+    best, points = counts, [counts]
+    for _ in range(4):  # the costs are linearised around the points nearest the window so far, checked exactly
+        found = [c for point in points for c in _knapsack(lost, fraction, point, target, tolerance)]
+        best = min([best, *found], key=key)
+        middle = target - tolerance / 2
+        points = sorted(found, key=lambda c: abs(fraction(c) - middle))[:4]
+    return best
+
+
+def _knapsack(lost: dict[str, np.ndarray], fraction: Callable[[dict[str, int]], float], point: dict[str, int],
+              target: float, tolerance: float) -> list[dict[str, int]]:
+    """Multiple-choice knapsack: per group one count of removed blocks, the cost of each taken as its exact change
+    from ``point`` alone (the interactions between groups are what the exact check afterwards catches), the sum
+    kept in buckets of ``tolerance / 64``. Returns the least-score choice for every bucket near the window."""
+    h = tolerance / 64
+    size = int(2.2 / h)
+    off, base = size // 2, fraction(point)
+    best = np.full(size, np.inf)
+    best[off] = 0.0
+    steps = []
+    for n, cum in lost.items():
+        shift = [int(round((fraction({**point, n: k}) - base) / h)) for k in range(len(cum))]
+        new, pick = np.full(size, np.inf), np.zeros(size, dtype=np.int64)
+        for k, d in enumerate(shift):
+            moved = np.full(size, np.inf)
+            if d >= 0:
+                moved[d:] = best[:size - d]
+            else:
+                moved[:d] = best[-d:]
+            moved += cum[k]
+            better = moved < new
+            new[better], pick[better] = moved[better], k
+        best = new
+        steps.append((n, pick, shift))
+    lo = off + math.floor((target - tolerance - base) / h) - 8  # widened by the rounding of the buckets
+    hi = off + math.ceil((target - base) / h) + 8
+    found = []
+    for i in range(max(lo, 0), min(hi, size - 1) + 1):
+        if not np.isfinite(best[i]):
+            continue
+        choice, j = {}, i
+        for n, pick, shift in reversed(steps):
+            choice[n] = int(pick[j])
+            j -= shift[choice[n]]
+        found.append(choice)
+    return found
+
+
+def coarsest_block(cost_model: CostModel, removed: dict[str, list[int]], steps: dict[str, int]) -> tuple[str, float]:
+    """The group whose block of ``steps[g]`` channels moves the cost fraction most from the plan ``removed`` (giving
+    one back, or for a group that lost none and keeps more than one, removing one): what keeps a plan far under
+    its budget."""
+    keep = {n: torch.ones(size) for n, size in cost_model.sizes.items()}
+    for n, idxs in removed.items():
+        keep[n][idxs] = 0
+    here = cost_model.fraction(keep)
+
+    def moved(n: str) -> float:
+        step, gone = steps.get(n, 1), removed.get(n, [])
+        k = keep[n].clone()
+        if len(gone) >= step:
+            k[gone[:step]] = 1
+        elif int(k.sum()) >= 2 * step:  # the group keeps a block
+            k[k.nonzero().flatten()[:step]] = 0
+        else:
+            return 0.0
+        return abs(cost_model.fraction({**keep, n: k}) - here)
+
+    name = max(cost_model.sizes, key=moved)
+    return name, moved(name)
 
 
 def remove_channels(model: nn.Module, example_input: torch.Tensor, removed: dict[str, list[int]]) -> nn.Module:

@@ -26,7 +26,7 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, find_groups
 from ibprune.core.modes import evaluating, rng_state, set_rng_state
-from ibprune.core.prune import preflight, prune_to_budget, remove_channels
+from ibprune.core.prune import block_sizes, coarsest_block, preflight, prune_to_budget, remove_channels
 from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
@@ -478,8 +478,11 @@ def _int8_entry(p: Prepared, run: Run) -> dict | None:
 def _notes(p: Prepared, run: Run) -> list[str]:
     notes = []
     if p.metric != "latency" and run.pruned.fraction < p.target - 0.03:
+        group, step = coarsest_block(p.cost_model, run.pruned.removed, block_sizes(p.groups, p.cfg.round_to))
         notes.append(f"achieved {p.metric} {run.pruned.fraction:.3f} is more than 0.03 below the budget "
-                     f"{p.target:.3f}: the channel widths (round_to={p.cfg.round_to}) allow no closer fit")
+                     f"{p.target:.3f}: the search over the channel widths (round_to={p.cfg.round_to}) found no "
+                     f"closer fit; the coarsest step is group {group!r}, one block of which is {step:.3f} of the "
+                     f"{p.metric}")
     if run.pruned.below_floor:
         notes.append(f"the budget left channel groups narrower than {p.cfg.min_channels} channels, which "
                      f"onnxruntime's int8 convolution runs slower than {p.cfg.min_channels}: a looser budget may run "
