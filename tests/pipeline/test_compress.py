@@ -157,3 +157,12 @@ def test_adapt_first_then_distill_from_the_adapted_model(digits_net, random_load
     assert rep["finetune"]["distill"] == "adapted" and "adapt" in rep["timings_s"]
     with pytest.raises(InputError, match="adapt_epochs must be"):
         ibprune.compress(digits_net, loader, macs=0.5, adapt_epochs=-1, **FAST)
+
+
+def test_a_budget_no_widths_fit_names_the_coarsest_group(digits_net, random_loader):
+    # widths of 16 give the test CNN 1.0, 0.78, 0.73 or 0.62 of its MACs: nothing within 0.03 under 0.95
+    result = ibprune.compress(digits_net, random_loader(), macs=0.95, round_to=16, **FAST)
+    assert result.report["achieved"]["macs"] == pytest.approx(0.784, abs=1e-3)
+    note = next(n for n in result.report["notes"] if "more than 0.03 below" in n)
+    step = float(note.rsplit("one block of which is ", 1)[1].split()[0])
+    assert "coarsest step is group 'features.7.body." in note and step == pytest.approx(1 - 0.784, abs=1e-3)
