@@ -13,7 +13,10 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * ``depgraph_sl``, ``greg``: torch-pruning's sparse learning (DepGraph's group regulariser, growing
   regularisation), ``--sl-epochs`` of regularised training, then the group-L2 prune and the remaining epochs of
   fine-tuning (``--reg``, ``--delta-reg``: their strengths, a row suffixed ``_reg`` / ``_dr``);
-* ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data).
+* ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data);
+* the ranking apart from the schedule: ``ib_oneshot`` (IB's explore half, then a one-shot prune by information;
+  the squeeze's steps fine-tune) and ``l1_squeeze``, ``taylor_squeeze``, ... (the criterion ranks the dense
+  model, and IB's squeeze shuts the channels its ranking removes over ``--gate-epochs`` before the prune).
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
 pruning does; ``ib`` ranks by information (nats), which the gate phase has shaped with each channel's cost.
@@ -114,9 +117,11 @@ WORK = RESULTS / "cifar10" / "work"  # checkpoints of unfinished cells (not comm
 LATENCY = RESULTS / "cifar10_latency.json"  # quiet-machine latency per cell (`latency`)
 LAYOUT = RESULTS / "cifar10_layout"  # .json / .md: batch-1 latency and onnxruntime's blocked layout (`layout`)
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-METHODS = ("ib", "l1", "bn", "taylor", "random", "dense", "ib_per_cost", "lamp", "fpgm", "depgraph_sl", "greg")
 SPARSE = {r.name: r for r in (DEPGRAPH_SL, GREG)}  # torch-pruning's sparse learning: a phase before the prune
 BASE = ("ib", "depgraph_sl", "greg", "lamp", "fpgm", "l1", "taylor", "bn", "random")  # the columns, in order
+# the ranking apart from the schedule: IB pruned one-shot, the criteria under IB's squeeze (``Squeezed``)
+SCHEDULES = ("ib_oneshot", *(f"{c}_squeeze" for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random")))
+METHODS = (*BASE, "dense", "ib_per_cost", *SCHEDULES)
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.64, 2.57),
@@ -132,7 +137,7 @@ def label(method: str, args) -> str:
     ``_r``: widths rounded to another multiple, ``_a``: adapt first, ``_fd``: start from the dense cell of E epochs,
     ``_lr``: another learning rate)."""
     name = method
-    if method.startswith("ib"):
+    if gated(method):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
         name += f"_b{args.beta:g}" if args.beta else ""
     if method in SPARSE:
@@ -146,6 +151,11 @@ def label(method: str, args) -> str:
         name += f"_fd{args.from_dense:g}" if args.from_dense else ""
     name += f"_lr{args.lr:g}" if args.lr != 0.02 else ""
     return name
+
+
+def gated(method: str) -> bool:
+    """Whether the method trains IB gates (a gate phase of ``--gate-epochs``, counted in its budget)."""
+    return method.startswith("ib") or method.endswith("_squeeze")
 
 
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
@@ -234,11 +244,10 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         achieved = {"macs": 1.0, "params": 1.0}
         timings = {"finetune": time.perf_counter() - t0}
     else:
-        is_ib = method.startswith("ib")
         teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
-        gate_epochs = args.gate_epochs if is_ib else 0.0
+        gate_epochs = args.gate_epochs if gated(method) else 0.0
         result = ibprune.compress(net, train, val, example_input=example, macs=budget,
-                                  criterion="ib" if is_ib else sparse or method,
+                                  criterion=sparse or ("ib" if method == "ib_per_cost" else method),
                                   rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
                                   gate_epochs=gate_epochs,  # sparse learning's epochs come from the fine-tune too
                                   finetune_epochs=args.epochs - args.adapt - gate_epochs
@@ -254,7 +263,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     return {
         "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
         "epochs": args.epochs,
-        "gate_epochs": args.gate_epochs if method.startswith("ib") else 0.0, "beta": args.beta, "lr": args.lr,
+        "gate_epochs": args.gate_epochs if gated(method) else 0.0, "beta": args.beta, "lr": args.lr,
         "sparse_learning": sparse.settings() if sparse else None,
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
         "start": f"dense-e{start:g}" if start else "pretrained",
@@ -521,7 +530,8 @@ def cmd_aggregate(args) -> None:
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
           "10,000 JPEG test images. What the rows mean, protocol by protocol: `benchmarks/cifar10_findings.md`.",
-          "", *_comparison(*headline), "", *_tuning(table), "", "## Every run, ablations included", "",
+          "", *_comparison(*headline), "", *_schedules(table), "", *_tuning(table), "",
+          "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
           "accuracy right after pruning, before fine-tuning, on the 5,000 held-out training images (the pretrained "
@@ -652,6 +662,32 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
     return out
 
 
+def _schedules(table: list[dict]) -> list[str]:
+    """How much of IB's lead is its ranking and how much its schedule: each ranking pruned one-shot and under
+    IB's squeeze, side by side (rows where an ablation of the schedule ran)."""
+    pairs = [("ib_oneshot", "ib"), *((c, f"{c}_squeeze") for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random"))]
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in table:
+        m = re.fullmatch(r"([a-z0-9]+(?:_oneshot|_squeeze)?)(_r4)?", r["method"])
+        if m and any(m[1] in pair for pair in pairs):
+            rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
+    rows = {k: v for k, v in rows.items() if any(name in v for name in SCHEDULES)}
+    if not rows:
+        return []
+    used = [pair for pair in pairs if any(name in row for row in rows.values() for name in pair)]
+    out = ["## The ranking or the schedule?", "",
+           "Test accuracy (%), mean ± std (seeds), plain protocol. One-shot: the channels are cut at once (IB "
+           "after its explore half); squeeze: IB's schedule, the channels the ranking removes shut by gates over "
+           "the gate phase while the weights train, then cut. Same total epochs per row.", "",
+           "| model | epochs | widths | MACs budget | " + " | ".join(f"{a} (one-shot) | {b} (squeeze)" for a, b in used)
+           + " |", "| --- | --- | --- | --- | " + " | ".join("--- | ---" for _ in used) + " |"]
+    for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                     -kv[0][3])):
+        cells = [f"{_mean_text(row[n])} ({row[n]['seeds']})" if n in row else "—" for pair in used for n in pair]
+        out.append(f"| {model} | {epochs:g} | {widths} | {budget} | " + " | ".join(cells) + " |")
+    return out
+
+
 TUNE = ("resnet20", 3.0, 0.5)  # (model, epochs, MACs budget) of the tries each method's settings are chosen by
 
 
@@ -661,7 +697,7 @@ def _tuning(table: list[dict]) -> list[str]:
     reads; test accuracy is shown, never chosen by."""
     tries: dict[str, list[dict]] = {}
     for r in table:
-        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost)(_|$)", r["method"])  # another protocol, not a try
+        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot)(_|$)", r["method"])  # not a try
         if (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None and not protocol:
             base = max((m for m in BASE if r["method"] == m or r["method"].startswith(m + "_")), key=len, default=None)
             if base:
@@ -714,7 +750,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the cells that have no result yet")
     r.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
-    r.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m != "ib_per_cost"])
+    r.add_argument("--methods", nargs="+", choices=METHODS, default=[*BASE, "dense"])
     r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4])
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--epochs", type=float, default=3.0, help="total epoch budget of every method")

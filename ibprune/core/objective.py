@@ -33,14 +33,22 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.prune import plan, scores
 
+#: The fraction of the gate phase spent exploring before the squeeze.
+EXPLORE = 0.5
+
 
 class GatePressure:
-    """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze)."""
+    """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze).
+
+    ``ranking``: the scores the squeeze's plan is made from (higher = keep), instead of the gates' information:
+    another criterion's ranking under IB's schedule.
+    """
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
-                 round_to: int | str | None = None, explore: float = 0.5, per_cost: bool = False,
-                 min_channels: int = 1) -> None:
+                 round_to: int | str | None = None, explore: float = EXPLORE, per_cost: bool = False,
+                 min_channels: int = 1, ranking: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
+        self.ranking = ranking
         self.min_channels = min_channels
         self.costs = cost_model.channel_costs()
         self.weights = dict(self.costs)
@@ -74,9 +82,10 @@ class GatePressure:
         return self.open == 0
 
     def plan(self) -> dict[str, list[int]]:
-        """The channels the budget removes by the current ranking (lowest information first)."""
-        return plan(scores(self.gates.information(), self.costs, self.per_cost), self.cost_model, self.target,
-                    self.gates.groups, self.round_to, self.min_channels)[0]
+        """The channels the budget removes by the current ranking (lowest information first, or ``ranking``)."""
+        score = self.ranking() if self.ranking is not None else scores(self.gates.information(), self.costs,
+                                                                       self.per_cost)
+        return plan(score, self.cost_model, self.target, self.gates.groups, self.round_to, self.min_channels)[0]
 
     def _plan(self) -> None:
         """Fix the channels to remove from the current ranking; from now on only they feel the KL pressure."""
@@ -117,14 +126,15 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
                 steps: int, *, lr: float, gate_lr: float, weight_decay: float, beta: float | None = None,
-                round_to: int | str | None = None, per_cost: bool = False, explore: float = 0.5,
+                round_to: int | str | None = None, per_cost: bool = False, explore: float = EXPLORE,
                 min_channels: int = 1, on_step: Callable[[int, GatePressure], None] | None = None,
-                verbose: bool = True) -> GatePressure:
+                ranking: Callable[[], dict[str, torch.Tensor]] | None = None, verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
-    ``on_step(step, pressure)`` runs after each step's schedule update (to trace the phase).
+    ``on_step(step, pressure)`` runs after each step's schedule update (to trace the phase). ``ranking``: the
+    squeeze's plan comes from these scores instead of the gates (``GatePressure``).
     The phase ends once the squeeze has shut every planned channel. Ends with the gates in eval mode and the BN
     statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
     and ``steps_taken`` the steps the phase ran.
@@ -136,7 +146,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     if beta is None and steps:
         beta = calibrate_beta(model, gates, cost_model.channel_costs(), loader, device)
     pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
-                            min_channels)
+                            min_channels, ranking)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_step(step: int) -> dict:

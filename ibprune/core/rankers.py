@@ -23,7 +23,7 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
 from ibprune.core.modes import evaluating
-from ibprune.core.objective import train_gates
+from ibprune.core.objective import EXPLORE, train_gates
 from ibprune.core.prune import scores
 from ibprune.core.train import SGDConfig, batches, fit, steps_for
 from ibprune.errors import UnsupportedModelError
@@ -86,18 +86,24 @@ class IBRanker:
     """IB gates trained on task loss + beta * cost-weighted KL; a channel's score is the information it passes.
 
     ``explored``: weights, gates and ``beta`` after an explore phase shared by several budgets (a sweep);
-    ``rank`` then runs only the squeeze.
+    ``rank`` then runs only the squeeze. ``squeeze=False`` (``ib_oneshot``, an ablation): the explore part alone,
+    then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning.
     """
 
     explored: dict | None = field(default=None, repr=False)
-    name: ClassVar[str] = "ib"
+    squeeze: bool = True
     unit: ClassVar[str] = "nats"
     title: ClassVar[str] = "Information per channel"
     trains_gates: ClassVar[bool] = True
 
+    @property
+    def name(self) -> str:
+        return "ib" if self.squeeze else "ib_oneshot"
+
     def rank(self, job: RankJob) -> Ranking:
         cfg, gates, beta = job.settings, job.gate(), job.settings.beta
-        steps = steps_for(cfg.gate_epochs, job.loader)
+        steps = steps_for(cfg.gate_epochs * (1.0 if self.squeeze else EXPLORE), job.loader)
+        explore = EXPLORE if self.squeeze else 1.0
         if self.explored is not None:
             job.model.load_state_dict(self.explored["model"])
             gates.load_state_dict(self.explored["gates"])
@@ -105,9 +111,10 @@ class IBRanker:
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target, steps,
                                beta=beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
-                               explore=0.0 if self.explored is not None else 0.5, verbose=job.verbose)
+                               explore=0.0 if self.explored is not None else explore, verbose=job.verbose)
         information = gates.information()
-        report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,
+        report = {"steps": pressure.steps_taken, "steps_planned": steps_for(cfg.gate_epochs, job.loader),
+                  "beta_explore": pressure.beta_explore,
                   "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
         return Ranking(scores(information, job.cost_model.channel_costs(), cfg.rank_per_cost), information, report)
 
@@ -123,6 +130,43 @@ class IBRanker:
 
     def settings(self) -> dict:
         return {"criterion": self.name, "explored": self.explored is not None}
+
+
+@dataclass(frozen=True)
+class Squeezed:
+    """A criterion's ranking under IB's schedule (an ablation): the criterion scores the dense model, the
+    channels its ranking removes are fixed, and IB gates squeeze them shut over the gate phase while the weights
+    train, as IB's squeeze does its own plan; then they are pruned. Separates the ranking from the schedule."""
+
+    criterion: Criterion
+    trains_gates: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.criterion.name}_squeeze"
+
+    @property
+    def unit(self) -> str:
+        return self.criterion.unit
+
+    @property
+    def title(self) -> str:
+        return self.criterion.title
+
+    def rank(self, job: RankJob) -> Ranking:
+        cfg = job.settings
+        found = self.criterion.scores(job.model, job.example_input, job.groups, job.loader, job.device)
+        steps = steps_for(cfg.gate_epochs, job.loader)
+        pressure = train_gates(job.model, job.gate(), job.cost_model, job.loader, job.device, job.target, steps,
+                               beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
+                               round_to=cfg.round_to, min_channels=cfg.min_channels, explore=0.0,
+                               ranking=lambda: {n: s.to(job.device) for n, s in found.items()}, verbose=job.verbose)
+        report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,
+                  "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
+        return Ranking(found, found, report)
+
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": False}
 
 
 @dataclass(frozen=True)
@@ -243,15 +287,16 @@ class SparseLearning:
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
 DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
 GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
-RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name)
+_ABLATIONS = (IBRanker(squeeze=False), *(Squeezed(c) for c in _CRITERIA))
+RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name, *(r.name for r in _ABLATIONS))
 
 
 def ranker(spec: str | Ranker) -> Ranker:
-    """The ranker a name stands for ("ib", a torch-pruning criterion or sparse-learning method); a ranker object
-    is returned as is."""
+    """The ranker a name stands for ("ib", a torch-pruning criterion or sparse-learning method, or an ablation:
+    "ib_oneshot", "<criterion>_squeeze"); a ranker object is returned as is."""
     if not isinstance(spec, str):
         return spec
-    named = {"ib": IBRanker(), **{c.name: c for c in (*_CRITERIA, DEPGRAPH_SL, GREG)}}
+    named = {"ib": IBRanker(), **{c.name: c for c in (*_CRITERIA, DEPGRAPH_SL, GREG, *_ABLATIONS)}}
     if spec not in named:
         raise ValueError(f"unknown criterion {spec!r}; expected one of {RANKERS}")
     return named[spec]

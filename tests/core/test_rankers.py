@@ -139,3 +139,48 @@ def test_compress_with_sparse_learning(digits_net, random_loader, method):
                               round_to=1, latency_runs=3, bench_batch=4, verbose=False)
     rep = result.report
     assert rep["criterion"] == method and rep["gates"]["steps"] == 0 and rep["achieved"]["macs"] <= 0.5
+
+
+FAST = {"finetune_epochs": 0.5, "round_to": 1, "latency_runs": 3, "bench_batch": 4, "verbose": False}
+
+
+def test_a_criterion_under_ibs_squeeze_removes_what_it_ranks_after_shutting_it(digits_net, random_loader):
+    loader = random_loader(n=512)  # 64 steps: enough for the squeeze to shut its channels
+    plain = ibprune.compress(digits_net, loader, macs=0.5, criterion="l1", **FAST).report
+    squeezed = ibprune.compress(digits_net, loader, random_loader(n=256, batch=64), macs=0.5,
+                                criterion="l1_squeeze", gate_epochs=1.0, **FAST).report
+    assert squeezed["criterion"] == "l1_squeeze" and squeezed["gates"]["steps"] > 0
+    assert squeezed["gates"]["still_open_to_remove"] == 0  # the squeeze shut every channel L1's plan removes
+    assert squeezed["gates"]["beta_final"] > 10 * squeezed["gates"]["beta_explore"]
+    # the same ranking of the same dense model: the same channels leave
+    assert squeezed["pruned_channels"] == plain["pruned_channels"]
+    assert squeezed["accuracy"]["gated"] != squeezed["accuracy"]["original"]  # the weights trained meanwhile
+
+
+def test_the_squeeze_shuts_the_channels_of_the_criterions_plan(digits_net, random_loader):
+    from ibprune.core.costs import CostModel
+    from ibprune.core.prune import plan
+    from ibprune.core.rankers import L1, RankJob, Squeezed
+    from ibprune.pipeline.config import CompressConfig
+
+    x, loader = torch.randn(1, 1, 8, 8), random_loader(n=512)
+    _, groups = find_groups(digits_net, x)
+    cost_model = CostModel(digits_net, x, groups)
+    cfg = CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1)
+    job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), 0.5, cfg, verbose=False)
+    removal = plan(L1.scores(digits_net, x, groups), cost_model, 0.5, groups, 1)[0]
+    Squeezed(L1).rank(job)
+    alpha = {n: job.gates[n].alpha().detach() for n in removal}
+    assert all(bool((alpha[n][idxs] < 1).all()) for n, idxs in removal.items())  # L1's plan is what shut
+    kept = torch.cat([a[[i for i in range(len(a)) if i not in removal[n]]] for n, a in alpha.items()])
+    assert float((kept >= 1).float().mean()) > 0.9  # and the channels it keeps stayed open
+
+
+def test_ib_one_shot_explores_half_the_gate_phase_and_prunes_without_a_squeeze(digits_net, random_loader):
+    loader = random_loader()
+    rep = ibprune.compress(digits_net, loader, macs=0.5, criterion="ib_oneshot", gate_epochs=1.0, **FAST).report
+    gates = rep["gates"]
+    assert rep["criterion"] == "ib_oneshot" and gates["steps"] == len(loader) // 2
+    assert gates["beta_final"] == gates["beta_explore"]  # beta never rose: no squeeze
+    assert gates["steps"] + rep["finetune"]["steps"] == gates["steps_planned"] + len(loader) // 2
+    assert rep["achieved"]["macs"] <= 0.5
