@@ -23,7 +23,7 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
 from ibprune.core.modes import evaluating
-from ibprune.core.objective import EXPLORE, train_gates
+from ibprune.core.objective import EXPLORE, GatePressure, train_gates
 from ibprune.core.prune import scores
 from ibprune.core.train import SGDConfig, batches, fit, steps_for
 from ibprune.errors import UnsupportedModelError
@@ -81,6 +81,12 @@ class Ranker(Protocol):
 NO_GATE_PHASE = {"steps": 0, "steps_planned": 0, "beta_explore": None, "beta_final": None, "still_open_to_remove": 0}
 
 
+def _gate_report(pressure: GatePressure, planned: int) -> dict:
+    """The gate phase's summary for the report (``NO_GATE_PHASE``'s fields); ``planned``: the steps it had."""
+    return {"steps": pressure.steps_taken, "steps_planned": planned, "beta_explore": pressure.beta_explore,
+            "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
+
+
 @dataclass
 class IBRanker:
     """IB gates trained on task loss + beta * cost-weighted KL; a channel's score is the information it passes.
@@ -113,10 +119,8 @@ class IBRanker:
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
                                explore=0.0 if self.explored is not None else explore, verbose=job.verbose)
         information = gates.information()
-        report = {"steps": pressure.steps_taken, "steps_planned": steps_for(cfg.gate_epochs, job.loader),
-                  "beta_explore": pressure.beta_explore,
-                  "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
-        return Ranking(scores(information, job.cost_model.channel_costs(), cfg.rank_per_cost), information, report)
+        return Ranking(scores(information, job.cost_model.channel_costs(), cfg.rank_per_cost), information,
+                       _gate_report(pressure, steps_for(cfg.gate_epochs, job.loader)))
 
     def explore(self, job: RankJob, epochs: float) -> dict:
         """The explore half alone, for ``epochs`` (every channel shows how much the task needs it; it does not
@@ -161,9 +165,7 @@ class Squeezed:
                                beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, explore=0.0,
                                ranking=lambda: {n: s.to(job.device) for n, s in found.items()}, verbose=job.verbose)
-        report = {"steps": pressure.steps_taken, "steps_planned": steps, "beta_explore": pressure.beta_explore,
-                  "beta_final": pressure.beta, "still_open_to_remove": pressure.open_to_remove()}
-        return Ranking(found, found, report)
+        return Ranking(found, found, _gate_report(pressure, steps))
 
     def settings(self) -> dict:
         return {"criterion": self.name, "explored": False}
