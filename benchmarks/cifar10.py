@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -163,9 +164,26 @@ def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: 
     return CELLS / f"{model}-e{epochs:g}-{tag}-s{seed}.json"
 
 
+def checkpoint_path(model: str) -> Path:
+    return SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]
+
+
 def pretrained(model: str) -> torch.nn.Module:
     net = getattr(cifar_resnet, f"cifar_{model}")()
-    return load_weights(net, SHARED / "models" / "cifar10-resnet" / CHECKPOINTS[model]).eval()
+    return load_weights(net, checkpoint_path(model)).eval()
+
+
+def weights_sha256(args, method: str, seed: int) -> dict[str, str | None]:
+    """The sha256 of the weight files a cell starts from and distils from (None: no teacher), so that a row's
+    cells can be shown to share them."""
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    start = checkpoint_path(args.model) if method == "dense" or not args.from_dense else \
+        teacher_path(args, seed, args.from_dense)
+    teacher = None if method == "dense" else teacher_path(args, seed) if args.distill_dense else \
+        start if args.distill else None
+    return {"start": digest(start), "teacher": digest(teacher) if teacher else None}
 
 
 def teacher_path(args, seed: int, epochs: float | None = None) -> Path:
@@ -265,6 +283,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if gated(method) else 0.0, "beta": args.beta, "lr": args.lr,
         "sparse_learning": sparse.settings() if sparse else None,
+        "weights_sha256": weights_sha256(args, method, seed),
         "adapt_epochs": 0.0 if method == "dense" else args.adapt,
         "start": f"dense-e{start:g}" if start else "pretrained",
         "distill": False if method == "dense" else "dense" if args.distill_dense else args.distill,
@@ -513,6 +532,8 @@ def cmd_aggregate(args) -> None:
             "gate_epochs": cs[0]["gate_epochs"], "wall_s": _mean([c["wall_s"] for c in cs]),
             # epochs of the dense cell the run started from (``--from-dense``); they count in its total budget
             "start_epochs": _start_epochs(cs[0]),
+            "environments": sorted({_environment(c) for c in cs}),
+            "weights_sha256": sorted({str((c.get("weights_sha256") or {}).get("start")) for c in cs}),
         })
     env = cells[0]["environment"]
     write_json(RESULTS / "cifar10.json", {"rows": table, "published": [
@@ -637,7 +658,9 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
            "own, and the dense column is the dense model fine-tuned as many epochs in all. "
            "**Bold**: the best pruned model of the row. "
            "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
-           f"seed spreads, where both have 2+ seeds). {EARLIER}", "",
+           f"seed spreads, where both have 2+ seeds). {EARLIER} ‡: the row's cells ran in more than one "
+           "environment (device, torch, precision) or started from different weights (cells record the sha256 of "
+           "the weights they start from and distil from; those run before 2026-12-02 do not).", "",
            "| model | epochs | widths, protocol | MACs budget | " + " | ".join(BASE) + " | dense | ib − best |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " | --- | --- |"]
     for (model, total, protocol, budget, start), row in sorted(grid.items(), key=lambda kv: (kv[0][0], kv[0][1],
@@ -657,7 +680,8 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
         others = [r for m, r in row.items() if m != "ib"]
         margin = _margin(row["ib"], max(others, key=lambda r: r["test_accuracy_mean"])) if "ib" in row and others \
             else "—"
-        out.append(f"| {model} | {_epochs_text(total, start)} | {protocol} | {budget} | " + " | ".join(cells) + " | "
+        out.append(f"| {model} | {_epochs_text(total, start)} | {protocol}{_mixed(row)} | {budget} | "
+                   + " | ".join(cells) + " | "
                    + (f"{d['test_accuracy_mean']:.2f} ({d['seeds']})" if d else "—") + f" | {margin} |")
     return out
 
@@ -717,6 +741,20 @@ def _tuning(table: list[dict]) -> list[str]:
             out.append(f"| {base if i == 0 else ''} | {r['method']} | {f'**{val}**' if i == 0 else val} | {pv} | "
                        f"{r['test_accuracy_mean']:.2f} | {r['seeds']} |")
     return out
+
+
+def _environment(cell: dict) -> str:
+    """Where a cell ran: device kind, torch version and precision (bf16 autocast on CUDA, fp32 on the CPU)."""
+    e = cell["environment"]
+    return f"{e.get('gpu') or e['device']}, torch {e['torch']}, {'bf16' if e.get('gpu') else 'fp32'}"
+
+
+def _mixed(row: dict[str, dict]) -> str:
+    """' ‡' when a headline row's cells ran in more than one environment or from different start weights (of
+    those that record them)."""
+    envs = {e for r in row.values() for e in r["environments"]}
+    starts = {h for r in row.values() for h in r["weights_sha256"]} - {"None"}
+    return " ‡" if len(envs) > 1 or len(starts) > 1 else ""
 
 
 def _mean_text(r: dict) -> str:
