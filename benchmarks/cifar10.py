@@ -13,6 +13,8 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * ``depgraph_sl``, ``greg``: torch-pruning's sparse learning (DepGraph's group regulariser, growing
   regularisation), ``--sl-epochs`` of regularised training, then the group-L2 prune and the remaining epochs of
   fine-tuning (``--reg``, ``--delta-reg``: their strengths, a row suffixed ``_reg`` / ``_dr``);
+* ``--metric params``: the budgets are fractions of the parameters instead of the MACs (rows ``method@params``:
+  at equal MACs IB keeps more parameters than the criteria, so both readings are shown);
 * ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data);
 * the ranking apart from the schedule: ``ib_oneshot`` (IB's explore half, then a one-shot prune by information;
   the squeeze's steps fine-tune) and ``l1_squeeze``, ``taylor_squeeze``, ... (the criterion ranks the dense
@@ -159,8 +161,8 @@ def gated(method: str) -> bool:
     return method.startswith("ib") or method.endswith("_squeeze")
 
 
-def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float) -> Path:
-    tag = method if budget is None else f"{method}-macs{budget:.2f}"
+def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float, metric: str = "macs") -> Path:
+    tag = method if budget is None else f"{method}-{metric}{budget:.2f}"
     return CELLS / f"{model}-e{epochs:g}-{tag}-s{seed}.json"
 
 
@@ -264,7 +266,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     else:
         teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if gated(method) else 0.0
-        result = ibprune.compress(net, train, val, example_input=example, macs=budget,
+        result = ibprune.compress(net, train, val, example_input=example, **{args.metric: budget},
                                   criterion=sparse or ("ib" if method == "ib_per_cost" else method),
                                   rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
                                   gate_epochs=gate_epochs,  # sparse learning's epochs come from the fine-tune too
@@ -279,7 +281,9 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
         gate_run = {k: rep["gates"][k] for k in ("steps", "steps_planned", "beta_explore", "beta_final")}
     return {
-        "model": args.model, "method": label(method, args), "budget_macs": budget, "seed": seed,
+        "model": args.model, "method": label(method, args), "seed": seed, "budget_metric": args.metric,
+        "budget_macs": budget if args.metric == "macs" else None,
+        "budget_params": budget if args.metric == "params" else None,
         "epochs": args.epochs,
         "gate_epochs": args.gate_epochs if gated(method) else 0.0, "beta": args.beta, "lr": args.lr,
         "sparse_learning": sparse.settings() if sparse else None,
@@ -307,7 +311,7 @@ def cmd_run(args) -> None:
         cells += [(m, b, s) for b in args.budgets for m in args.methods if m != "dense"]
     todo = []
     for method, budget, seed in cells:
-        path = cell_path(args.model, label(method, args), budget, seed, args.epochs)
+        path = cell_path(args.model, label(method, args), budget, seed, args.epochs, args.metric)
         if path.exists():
             print(f"[skip] {path.name}")
         else:
@@ -511,7 +515,9 @@ def cmd_aggregate(args) -> None:
     quiet = {c["cell"]: e for c in cells if (e := _quiet_entry(quiet, c["cell"], c))}
     rows: dict[tuple, list[dict]] = {}
     for c in cells:
-        rows.setdefault((c["model"], c["epochs"], c["method"], c["budget_macs"]), []).append(c)
+        params = c.get("budget_metric") == "params"  # a params budget: its own rows, method@params
+        rows.setdefault((c["model"], c["epochs"], c["method"] + ("@params" if params else ""),
+                         c["budget_params"] if params else c["budget_macs"]), []).append(c)
     table = []
     for (model, epochs, method, budget), cs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                      -(kv[0][3] or 1), kv[0][2])):
@@ -551,7 +557,7 @@ def cmd_aggregate(args) -> None:
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
           "10,000 JPEG test images. What the rows mean, protocol by protocol: `benchmarks/cifar10_findings.md`.",
-          "", *_comparison(*headline), "", *_schedules(table), "", *_tuning(table), "",
+          "", *_comparison(*headline), "", *_params_budget(table), "", *_schedules(table), "", *_tuning(table), "",
           "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
@@ -560,7 +566,8 @@ def cmd_aggregate(args) -> None:
           "ones). Latency: onnxruntime CPU p50 of the cell's architecture, measured one cell at a time on a quiet "
           f"machine with {quiet_threads} threads by `cifar10.py latency`; a `*` marks rows measured inside their "
           f"runs while other runs shared the 2 cores (indicative only). {EARLIER}", "",
-          "| model | epochs | method | MACs budget | MACs kept | params kept | test acc (%) | seeds "
+          "| model | epochs | method | budget (of the MACs; @params: of the params) | MACs kept | params kept | "
+          "test acc (%) | seeds "
           "| pruned (val, %) | final (val, %) | ORT p50 b1 / b64 (ms) |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
@@ -686,6 +693,29 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
     return out
 
 
+def _params_budget(table: list[dict]) -> list[str]:
+    """The other reading of "equal budget": every method at the same fraction of the params (``--metric
+    params``), its accuracy and the MACs it kept (at equal MACs, IB keeps more params)."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in table:
+        m = re.fullmatch(rf"({'|'.join(BASE)})(_r4)?@params", r["method"])
+        if m:
+            rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
+    if not rows:
+        return []
+    out = ["## At equal params", "",
+           "Test accuracy (%), mean ± std (seeds), and the fraction of the MACs kept, when the budget is a fraction "
+           "of the parameters (`compress(params=...)`); same protocol as the plain rows above.", "",
+           "| model | epochs | widths | params budget | " + " | ".join(BASE) + " |",
+           "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " |"]
+    for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                     -kv[0][3])):
+        cells = [f"{_mean_text(row[m])} ({row[m]['seeds']}), MACs {row[m]['macs_fraction']:.2f}" if m in row
+                 else "—" for m in BASE]
+        out.append(f"| {model} | {epochs:g} | {widths} | {budget} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _schedules(table: list[dict]) -> list[str]:
     """How much of IB's lead is its ranking and how much its schedule: each ranking pruned one-shot and under
     IB's squeeze, side by side (rows where an ablation of the schedule ran)."""
@@ -790,6 +820,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
     r.add_argument("--methods", nargs="+", choices=METHODS, default=[*BASE, "dense"])
     r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4])
+    r.add_argument("--metric", choices=("macs", "params"), default="macs",
+                   help="what the budgets are fractions of (params: rows suffixed @params in the tables)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     r.add_argument("--epochs", type=float, default=3.0, help="total epoch budget of every method")
     r.add_argument("--gate-epochs", type=float, default=1.0, help="of those, the gate phase of `ib`")
