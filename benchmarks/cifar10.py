@@ -18,7 +18,8 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * ``dense``: the unpruned model fine-tuned for ``epochs`` (the accuracy to compare against on JPEG data);
 * the ranking apart from the schedule: ``ib_oneshot`` (IB's explore half, then a one-shot prune by information;
   the squeeze's steps fine-tune) and ``l1_squeeze``, ``taylor_squeeze``, ... (the criterion ranks the dense
-  model, and IB's squeeze shuts the channels its ranking removes over ``--gate-epochs`` before the prune).
+  model, and IB's squeeze shuts the channels its ranking removes over ``--gate-epochs`` before the prune),
+  ``l1_iter``, ... (torch-pruning's iterative schedule over ``--gate-epochs``: 5 rounds, re-scored each).
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
 pruning does; ``ib`` ranks by information (nats), which the gate phase has shaped with each channel's cost.
@@ -123,7 +124,8 @@ CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd976
 SPARSE = {r.name: r for r in (DEPGRAPH_SL, GREG)}  # torch-pruning's sparse learning: a phase before the prune
 BASE = ("ib", "depgraph_sl", "greg", "lamp", "fpgm", "l1", "taylor", "bn", "random")  # the columns, in order
 # the ranking apart from the schedule: IB pruned one-shot, the criteria under IB's squeeze (``Squeezed``)
-SCHEDULES = ("ib_oneshot", *(f"{c}_squeeze" for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random")))
+SCHEDULES = ("ib_oneshot", *(f"{c}_{s}" for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random")
+                              for s in ("squeeze", "iter")))
 METHODS = (*BASE, "dense", "ib_per_cost", *SCHEDULES)
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
@@ -158,7 +160,7 @@ def label(method: str, args) -> str:
 
 def gated(method: str) -> bool:
     """Whether the method trains IB gates (a gate phase of ``--gate-epochs``, counted in its budget)."""
-    return method.startswith("ib") or method.endswith("_squeeze")
+    return method.startswith("ib") or method.endswith(("_squeeze", "_iter"))
 
 
 def cell_path(model: str, method: str, budget: float | None, seed: int, epochs: float, metric: str = "macs") -> Path:
@@ -719,25 +721,28 @@ def _params_budget(table: list[dict]) -> list[str]:
 def _schedules(table: list[dict]) -> list[str]:
     """How much of IB's lead is its ranking and how much its schedule: each ranking pruned one-shot and under
     IB's squeeze, side by side (rows where an ablation of the schedule ran)."""
-    pairs = [("ib_oneshot", "ib"), *((c, f"{c}_squeeze") for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random"))]
+    kinds = [("ib_oneshot", "ib", None), *((c, f"{c}_squeeze", f"{c}_iter")
+                                          for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random"))]
     rows: dict[tuple, dict[str, dict]] = {}
     for r in table:
-        m = re.fullmatch(r"([a-z0-9]+(?:_oneshot|_squeeze)?)(_r4)?", r["method"])
-        if m and any(m[1] in pair for pair in pairs):
+        m = re.fullmatch(r"([a-z0-9]+(?:_oneshot|_squeeze|_iter)?)(_r4)?", r["method"])
+        if m and any(m[1] in kind for kind in kinds):
             rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
     rows = {k: v for k, v in rows.items() if any(name in v for name in SCHEDULES)}
     if not rows:
         return []
-    used = [pair for pair in pairs if any(name in row for row in rows.values() for name in pair)]
+    used = [n for kind in kinds if any(name in row for row in rows.values() for name in kind) for n in kind if n]
     out = ["## The ranking or the schedule?", "",
            "Test accuracy (%), mean ± std (seeds), plain protocol. One-shot: the channels are cut at once (IB "
-           "after its explore half); squeeze: IB's schedule, the channels the ranking removes shut by gates over "
-           "the gate phase while the weights train, then cut. Same total epochs per row.", "",
-           "| model | epochs | widths | MACs budget | " + " | ".join(f"{a} (one-shot) | {b} (squeeze)" for a, b in used)
-           + " |", "| --- | --- | --- | --- | " + " | ".join("--- | ---" for _ in used) + " |"]
+           "after its explore half; the criteria on the dense model); `_squeeze`: IB's schedule, the channels the "
+           "ranking removes shut by gates over the gate phase while the weights train, then cut; `_iter`: "
+           "torch-pruning's iterative schedule over the gate phase (5 rounds, linear, re-scored each round). Same "
+           "total epochs per row.", "",
+           "| model | epochs | widths | MACs budget | " + " | ".join(used) + " |",
+           "| --- | --- | --- | --- | " + " | ".join("---" for _ in used) + " |"]
     for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
                                                                                      -kv[0][3])):
-        cells = [f"{_mean_text(row[n])} ({row[n]['seeds']})" if n in row else "—" for pair in used for n in pair]
+        cells = [f"{_mean_text(row[n])} ({row[n]['seeds']})" if n in row else "—" for n in used]
         out.append(f"| {model} | {epochs:g} | {widths} | {budget} | " + " | ".join(cells) + " |")
     return out
 
@@ -751,7 +756,7 @@ def _tuning(table: list[dict]) -> list[str]:
     reads; test accuracy is shown, never chosen by."""
     tries: dict[str, list[dict]] = {}
     for r in table:
-        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot)(_|$)", r["method"])  # not a try
+        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot|iter)(_|$)", r["method"])  # no try
         if (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None and not protocol:
             base = max((m for m in BASE if r["method"] == m or r["method"].startswith(m + "_")), key=len, default=None)
             if base:

@@ -24,7 +24,7 @@ from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
 from ibprune.core.modes import evaluating
 from ibprune.core.objective import EXPLORE, GatePressure, train_gates
-from ibprune.core.prune import scores
+from ibprune.core.prune import plan, scores
 from ibprune.core.train import SGDConfig, batches, fit, steps_for
 from ibprune.errors import UnsupportedModelError
 
@@ -137,17 +137,16 @@ class IBRanker:
 
 
 @dataclass(frozen=True)
-class Squeezed:
-    """A criterion's ranking under IB's schedule (an ablation): the criterion scores the dense model, the
-    channels its ranking removes are fixed, and IB gates squeeze them shut over the gate phase while the weights
-    train, as IB's squeeze does its own plan; then they are pruned. Separates the ranking from the schedule."""
+class _Scheduled:
+    """A criterion's ranking under another schedule than one-shot, over the gate phase's epochs."""
 
     criterion: Criterion
-    trains_gates: ClassVar[bool] = True
+    trains_gates: ClassVar[bool] = True  # its schedule takes the gate phase's epochs
+    suffix: ClassVar[str] = ""
 
     @property
     def name(self) -> str:
-        return f"{self.criterion.name}_squeeze"
+        return f"{self.criterion.name}_{self.suffix}"
 
     @property
     def unit(self) -> str:
@@ -156,6 +155,15 @@ class Squeezed:
     @property
     def title(self) -> str:
         return self.criterion.title
+
+
+@dataclass(frozen=True)
+class Squeezed(_Scheduled):
+    """A criterion's ranking under IB's schedule (an ablation): the criterion scores the dense model, the
+    channels its ranking removes are fixed, and IB gates squeeze them shut over the gate phase while the weights
+    train, as IB's squeeze does its own plan; then they are pruned. Separates the ranking from the schedule."""
+
+    suffix: ClassVar[str] = "squeeze"
 
     def rank(self, job: RankJob) -> Ranking:
         cfg = job.settings
@@ -286,16 +294,61 @@ class SparseLearning:
                 "growths": self.growths, "delta_reg": self.delta_reg}
 
 
+@dataclass(frozen=True)
+class Gradual(_Scheduled):
+    """A criterion pruned in ``rounds`` over the gate phase, as torch-pruning's ``iterative_steps`` prunes: its
+    linear schedule (round ``i`` removes ``i / rounds`` of the cost the budget removes), each round re-scored on
+    the weights as they are, the weights training between rounds (an ablation beside IB's squeeze). A removed
+    channel is shut by the gates, not cut, so that the planner, the check and the final removal are every other
+    ranker's; channels shut in one round leave first in the next."""
+
+    rounds: int = 5
+    suffix: ClassVar[str] = "iter"
+
+    def rank(self, job: RankJob) -> Ranking:
+        cfg, gates = job.settings, job.gate()
+        gates.eval()  # z = mu = 1: a channel passes unless shut
+        total = steps_for(cfg.gate_epochs, job.loader)
+        removes = tp.pruner.algorithms.scheduler.linear_scheduler(1.0 - job.target, self.rounds)
+        removed: dict[str, list[int]] = {}
+        taken = 0
+        for i in range(1, self.rounds + 1):
+            gates.detach()  # the criterion traces the bare network
+            found = _first(self.criterion.scores(job.model, job.example_input, job.groups, job.loader, job.device),
+                           removed)
+            gates.attach(job.model)
+            aim = job.target if i == self.rounds else 1.0 - removes[i]
+            removed = plan(found, job.cost_model, aim, job.groups, cfg.round_to, cfg.min_channels)[0]
+            with gates.shut(removed):
+                run = fit(job.model, job.loader, total * i // self.rounds - total * (i - 1) // self.rounds,
+                          job.device, SGDConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="constant"),
+                          desc=f"{self.name} {i}/{self.rounds}", verbose=job.verbose)
+            taken += run["steps"]
+        return Ranking(found, found, {**NO_GATE_PHASE, "steps": taken, "steps_planned": total})
+
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": False, "rounds": self.rounds}
+
+
+def _first(found: dict[str, torch.Tensor], removed: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """``found`` with the ``removed`` channels scored below every other channel of every group."""
+    low = min(float(s.min()) for s in found.values()) - 1.0
+    out = {n: s.clone() for n, s in found.items()}
+    for n, idxs in removed.items():
+        out[n][idxs] = low
+    return out
+
+
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
 DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
 GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
-_ABLATIONS = (IBRanker(squeeze=False), *(Squeezed(c) for c in _CRITERIA))
+_ABLATIONS = (IBRanker(squeeze=False), *(Squeezed(c) for c in _CRITERIA), *(Gradual(c) for c in _CRITERIA))
 RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name, *(r.name for r in _ABLATIONS))
 
 
 def ranker(spec: str | Ranker) -> Ranker:
     """The ranker a name stands for ("ib", a torch-pruning criterion or sparse-learning method, or an ablation:
-    "ib_oneshot", "<criterion>_squeeze"); a ranker object is returned as is."""
+    "ib_oneshot", "<criterion>_squeeze", "<criterion>_iter"); a ranker object is returned as is."""
     if not isinstance(spec, str):
         return spec
     named = {"ib": IBRanker(), **{c.name: c for c in (*_CRITERIA, DEPGRAPH_SL, GREG, *_ABLATIONS)}}

@@ -184,3 +184,36 @@ def test_ib_one_shot_explores_half_the_gate_phase_and_prunes_without_a_squeeze(d
     assert gates["beta_final"] == gates["beta_explore"]  # beta never rose: no squeeze
     assert gates["steps"] + rep["finetune"]["steps"] == gates["steps_planned"] + len(loader) // 2
     assert rep["achieved"]["macs"] <= 0.5
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])  # random: a new ranking every round
+def test_a_gradual_criterion_prunes_in_rounds_on_torch_prunings_linear_schedule(digits_net, random_loader,
+                                                                               monkeypatch, criterion):
+    import ibprune.core.rankers as rankers
+    from ibprune.core.costs import CostModel
+    from ibprune.core.rankers import Gradual, RankJob
+    from ibprune.pipeline.config import CompressConfig
+
+    aims, shut = [], []
+    real_plan, real_shut = rankers.plan, rankers.GateSet.shut
+    monkeypatch.setattr(rankers, "plan", lambda score, cm, aim, *a: aims.append(aim) or real_plan(score, cm, aim, *a))
+    monkeypatch.setattr(rankers.GateSet, "shut", lambda self, removed: shut.append(removed) or real_shut(self, removed))
+    x, loader = torch.randn(1, 1, 8, 8), random_loader(n=96)
+    _, groups = find_groups(digits_net, x)
+    cost_model = CostModel(digits_net, x, groups)
+    job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), 0.4,
+                  CompressConfig(macs=0.4, gate_epochs=1.0, round_to=1), verbose=False)
+    before = {k: v.clone() for k, v in digits_net.state_dict().items()}
+    ranking = Gradual(rankers.ranker(criterion), rounds=3).rank(job)
+    assert aims == pytest.approx([0.8, 0.6, 0.4])  # a fifth of the cost, then two, then the budget's three fifths
+    assert ranking.report["steps"] == len(loader) == ranking.report["steps_planned"]
+    for earlier, later in zip(shut, shut[1:]):  # a round removes what the one before did, and more
+        assert all(set(idxs) <= set(later.get(n, [])) for n, idxs in earlier.items())
+    assert real_plan(ranking.scores, cost_model, 0.4, groups, 1)[0] == shut[-1]  # the prune removes the last round's
+    assert any(not torch.equal(v, before[k]) for k, v in digits_net.state_dict().items())  # trained between rounds
+
+
+def test_compress_with_a_gradual_criterion(digits_net, random_loader):
+    rep = ibprune.compress(digits_net, random_loader(), macs=0.5, criterion="taylor_iter", gate_epochs=1.0,
+                           **FAST).report
+    assert rep["criterion"] == "taylor_iter" and rep["gates"]["steps"] > 0 and rep["achieved"]["macs"] <= 0.5
