@@ -763,13 +763,15 @@ def _tuning(table: list[dict]) -> list[str]:
                 tries.setdefault(base, []).append(r)
     out = [f"## Settings tried on validation ({TUNE[0]}, {TUNE[1]:g} epochs, {TUNE[2]} MACs)", "",
            "Each method's tries, best validation accuracy (5,000 held-out training images, after the fine-tune) "
-           "first, in **bold** (mean over the seeds it ran); suffixes: `_reg` / `_dr` regularisation strength / "
+           "first, in **bold** (mean over the seeds it ran; a tie goes to the higher accuracy right after the "
+           "prune); suffixes: `_reg` / `_dr` regularisation strength / "
            "growth, `_sl` sparse-learning epochs, `_lr` learning rate, `_r4` widths of 4, `_g` gate epochs, `_b` "
            "explore beta. Test accuracy is shown but never chosen by.", "",
            "| method | try | final (val, %) | pruned (val, %) | test (%) | seeds |",
            "| --- | --- | --- | --- | --- | --- |"]
     for base in BASE:
-        ranked = sorted(tries.get(base, []), key=lambda r: -r["val_accuracy"])
+        ranked = sorted(tries.get(base, []), key=lambda r: (-round(r["val_accuracy"], 4),
+                                                            -(r["pruned_val_accuracy"] or 0.0)))
         for i, r in enumerate(ranked):
             pv = "—" if r["pruned_val_accuracy"] is None else f"{100 * r['pruned_val_accuracy']:.1f}"
             val = f"{100 * r['val_accuracy']:.2f}"
