@@ -152,7 +152,7 @@ def test_a_criterion_under_ibs_squeeze_removes_what_it_ranks_after_shutting_it(d
     x = torch.randn(1, 1, 8, 8)
     _, groups = find_groups(digits_net, x)
     removal = plan(L1.scores(digits_net, x, groups), CostModel(digits_net, x, groups), 0.5, groups, 1)[0]
-    loader = random_loader(n=512)  # 64 steps: enough for the squeeze to shut its channels
+    loader = random_loader(n=256, batch=4)  # 64 steps: enough for the squeeze to shut its channels
     result = ibprune.compress(digits_net, loader, random_loader(n=64, batch=64), macs=0.5, criterion="l1_squeeze",
                               gate_epochs=1.0, **FAST)
     rep = result.report
@@ -170,7 +170,7 @@ def test_the_squeeze_shuts_the_channels_of_the_criterions_plan(digits_net, rando
     from ibprune.core.rankers import L1, RankJob, Squeezed
     from ibprune.pipeline.config import CompressConfig
 
-    x, loader = torch.randn(1, 1, 8, 8), random_loader(n=512)
+    x, loader = torch.randn(1, 1, 8, 8), random_loader(n=256, batch=4)
     _, groups = find_groups(digits_net, x)
     cost_model = CostModel(digits_net, x, groups)
     cfg = CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1)
