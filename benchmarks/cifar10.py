@@ -124,8 +124,8 @@ CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd976
 SPARSE = {r.name: r for r in (DEPGRAPH_SL, GREG)}  # torch-pruning's sparse learning: a phase before the prune
 BASE = ("ib", "depgraph_sl", "greg", "lamp", "fpgm", "l1", "taylor", "bn", "random")  # the columns, in order
 # the ranking apart from the schedule: IB pruned one-shot, the criteria under IB's squeeze (``Squeezed``)
-SCHEDULES = ("ib_oneshot", *(f"{c}_{s}" for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random")
-                              for s in ("squeeze", "iter")))
+SCHEDULED = ("l1", "taylor", "lamp", "fpgm", "bn", "random")  # the criteria run under other schedules
+SCHEDULES = ("ib_oneshot", *(f"{c}_{s}" for c in SCHEDULED for s in ("squeeze", "iter")))
 METHODS = (*BASE, "dense", "ib_per_cost", *SCHEDULES)
 PUBLISHED = [  # lossless CIFAR-10, 100+ fine-tune epochs on a GPU; from the papers, not measured here
     ("DepGraph (Torch-Pruning)", "resnet56", 93.53, 93.77, 2.13),
@@ -695,56 +695,56 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
     return out
 
 
+def _by_widths(table: list[dict], pattern: str) -> dict[tuple, dict[str, dict]]:
+    """The rows whose method fully matches ``pattern`` (group 1: the column's name, group 2: ``_r4`` or none), by
+    (model, epochs, widths, budget), then column."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in table:
+        if m := re.fullmatch(pattern, r["method"]):
+            rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
+    return rows
+
+
+def _row_lines(rows: dict[tuple, dict[str, dict]], columns: list[str], cell) -> list[str]:
+    """One table line per (model, epochs, widths, budget), largest budget first; ``cell(r)`` fills a column."""
+    return [f"| {model} | {epochs:g} | {widths} | {budget} | "
+            + " | ".join(cell(row[c]) if c in row else "—" for c in columns) + " |"
+            for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (*kv[0][:3], -kv[0][3]))]
+
+
 def _params_budget(table: list[dict]) -> list[str]:
     """The other reading of "equal budget": every method at the same fraction of the params (``--metric
     params``), its accuracy and the MACs it kept (at equal MACs, IB keeps more params)."""
-    rows: dict[tuple, dict[str, dict]] = {}
-    for r in table:
-        m = re.fullmatch(rf"({'|'.join(BASE)})(_r4)?@params", r["method"])
-        if m:
-            rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
+    rows = _by_widths(table, rf"({'|'.join(BASE)})(_r4)?@params")
     if not rows:
         return []
-    out = ["## At equal params", "",
-           "Test accuracy (%), mean ± std (seeds), and the fraction of the MACs kept, when the budget is a fraction "
-           "of the parameters (`compress(params=...)`); same protocol as the plain rows above.", "",
-           "| model | epochs | widths | params budget | " + " | ".join(BASE) + " |",
-           "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " |"]
-    for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
-                                                                                     -kv[0][3])):
-        cells = [f"{_mean_text(row[m])} ({row[m]['seeds']}), MACs {row[m]['macs_fraction']:.2f}" if m in row
-                 else "—" for m in BASE]
-        out.append(f"| {model} | {epochs:g} | {widths} | {budget} | " + " | ".join(cells) + " |")
-    return out
+    return ["## At equal params", "",
+            "Test accuracy (%), mean ± std (seeds), and the fraction of the MACs kept, when the budget is a fraction "
+            "of the parameters (`compress(params=...)`); same protocol as the plain rows above.", "",
+            "| model | epochs | widths | params budget | " + " | ".join(BASE) + " |",
+            "| --- | --- | --- | --- | " + " | ".join("---" for _ in BASE) + " |",
+            *_row_lines(rows, list(BASE),
+                        lambda r: f"{_mean_text(r)} ({r['seeds']}), MACs {r['macs_fraction']:.2f}")]
 
 
 def _schedules(table: list[dict]) -> list[str]:
-    """How much of IB's lead is its ranking and how much its schedule: each ranking pruned one-shot and under
-    IB's squeeze, side by side (rows where an ablation of the schedule ran)."""
-    kinds = [("ib_oneshot", "ib", None), *((c, f"{c}_squeeze", f"{c}_iter")
-                                          for c in ("l1", "taylor", "lamp", "fpgm", "bn", "random"))]
-    rows: dict[tuple, dict[str, dict]] = {}
-    for r in table:
-        m = re.fullmatch(r"([a-z0-9]+(?:_oneshot|_squeeze|_iter)?)(_r4)?", r["method"])
-        if m and any(m[1] in kind for kind in kinds):
-            rows.setdefault((r["model"], r["epochs"], f"×{4 if m[2] else 8}", r["budget_macs"]), {})[m[1]] = r
-    rows = {k: v for k, v in rows.items() if any(name in v for name in SCHEDULES)}
+    """How much of IB's lead is its ranking and how much its schedule: each ranking pruned one-shot, under IB's
+    squeeze and on torch-pruning's iterative schedule, side by side (rows where such an ablation ran)."""
+    kinds = [("ib_oneshot", "ib"), *((c, f"{c}_squeeze", f"{c}_iter") for c in SCHEDULED)]
+    names = "|".join(n for kind in kinds for n in kind)
+    rows = {k: v for k, v in _by_widths(table, rf"({names})(_r4)?").items() if any(n in v for n in SCHEDULES)}
     if not rows:
         return []
-    used = [n for kind in kinds if any(name in row for row in rows.values() for name in kind) for n in kind if n]
-    out = ["## The ranking or the schedule?", "",
-           "Test accuracy (%), mean ± std (seeds), plain protocol. One-shot: the channels are cut at once (IB "
-           "after its explore half; the criteria on the dense model); `_squeeze`: IB's schedule, the channels the "
-           "ranking removes shut by gates over the gate phase while the weights train, then cut; `_iter`: "
-           "torch-pruning's iterative schedule over the gate phase (5 rounds, linear, re-scored each round). Same "
-           "total epochs per row.", "",
-           "| model | epochs | widths | MACs budget | " + " | ".join(used) + " |",
-           "| --- | --- | --- | --- | " + " | ".join("---" for _ in used) + " |"]
-    for (model, epochs, widths, budget), row in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
-                                                                                     -kv[0][3])):
-        cells = [f"{_mean_text(row[n])} ({row[n]['seeds']})" if n in row else "—" for n in used]
-        out.append(f"| {model} | {epochs:g} | {widths} | {budget} | " + " | ".join(cells) + " |")
-    return out
+    used = [n for kind in kinds if any(name in row for row in rows.values() for name in kind) for n in kind]
+    return ["## The ranking or the schedule?", "",
+            "Test accuracy (%), mean ± std (seeds), plain protocol. One-shot: the channels are cut at once (IB "
+            "after its explore half; the criteria on the dense model); `_squeeze`: IB's schedule, the channels the "
+            "ranking removes shut by gates over the gate phase while the weights train, then cut; `_iter`: "
+            "torch-pruning's iterative schedule over the gate phase (5 rounds, linear, re-scored each round). Same "
+            "total epochs per row.", "",
+            "| model | epochs | widths | MACs budget | " + " | ".join(used) + " |",
+            "| --- | --- | --- | --- | " + " | ".join("---" for _ in used) + " |",
+            *_row_lines(rows, used, lambda r: f"{_mean_text(r)} ({r['seeds']})")]
 
 
 TUNE = ("resnet20", 3.0, 0.5)  # (model, epochs, MACs budget) of the tries each method's settings are chosen by

@@ -191,8 +191,7 @@ def _fit_window(lost: dict[str, np.ndarray], fraction: Callable[[dict[str, int]]
     fraction lies in ``[target - tolerance, target]`` at the least score lost, else the highest fraction under
     ``target``: exact when the combinations are few (``EXHAUSTIVE``); otherwise ``counts``, the greedy plan,
     unless it is short of that window and the knapsack finds better."""
-    def key(c: dict[str, int]) -> tuple[bool, float]:
-        f = fraction(c)
+    def key(f: float, c: dict[str, int]) -> tuple[bool, float]:
         if f > target:
             return True, math.inf
         inside = f >= target - tolerance
@@ -201,16 +200,16 @@ def _fit_window(lost: dict[str, np.ndarray], fraction: Callable[[dict[str, int]]
     names = list(lost)
     if math.prod(len(lost[n]) for n in names) <= EXHAUSTIVE:
         candidates = (dict(zip(names, ks)) for ks in itertools.product(*(range(len(lost[n])) for n in names)))
-        return min(candidates, key=key, default=counts)
-    if fraction(counts) >= target - tolerance:
+        return min(candidates, key=lambda c: key(fraction(c), c), default=counts)
+    best = (fraction(counts), counts)
+    if best[0] >= target - tolerance:
         return counts
-    best, points = counts, [counts]
+    points, middle = [counts], target - tolerance / 2
     for _ in range(4):  # the costs are linearised around the points nearest the window so far, checked exactly
-        found = [c for point in points for c in _knapsack(lost, fraction, point, target, tolerance)]
-        best = min([best, *found], key=key)
-        middle = target - tolerance / 2
-        points = sorted(found, key=lambda c: abs(fraction(c) - middle))[:4]
-    return best
+        found = [(fraction(c), c) for point in points for c in _knapsack(lost, fraction, point, target, tolerance)]
+        best = min([best, *found], key=lambda fc: key(*fc))
+        points = [c for _, c in sorted(found, key=lambda fc: abs(fc[0] - middle))[:4]]
+    return best[1]
 
 
 def _knapsack(lost: dict[str, np.ndarray], fraction: Callable[[dict[str, int]], float], point: dict[str, int],

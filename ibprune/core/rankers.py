@@ -156,6 +156,9 @@ class _Scheduled:
     def title(self) -> str:
         return self.criterion.title
 
+    def settings(self) -> dict:
+        return {"criterion": self.name, "explored": False}
+
 
 @dataclass(frozen=True)
 class Squeezed(_Scheduled):
@@ -172,11 +175,8 @@ class Squeezed(_Scheduled):
         pressure = train_gates(job.model, job.gate(), job.cost_model, job.loader, job.device, job.target, steps,
                                beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, explore=0.0,
-                               ranking=lambda: {n: s.to(job.device) for n, s in found.items()}, verbose=job.verbose)
+                               ranking=lambda: found, verbose=job.verbose)
         return Ranking(found, found, _gate_report(pressure, steps))
-
-    def settings(self) -> dict:
-        return {"criterion": self.name, "explored": False}
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ class Gradual(_Scheduled):
         return Ranking(found, found, {**NO_GATE_PHASE, "steps": taken, "steps_planned": total})
 
     def settings(self) -> dict:
-        return {"criterion": self.name, "explored": False, "rounds": self.rounds}
+        return {**super().settings(), "rounds": self.rounds}
 
 
 def _first(found: dict[str, torch.Tensor], removed: dict[str, list[int]]) -> dict[str, torch.Tensor]:
