@@ -19,7 +19,10 @@ All methods see the same data, augmentation, seeds and total number of epochs:
 * the ranking apart from the schedule: ``ib_oneshot`` (IB's explore half, then a one-shot prune by information;
   the squeeze's steps fine-tune) and ``l1_squeeze``, ``taylor_squeeze``, ... (the criterion ranks the dense
   model, and IB's squeeze shuts the channels its ranking removes over ``--gate-epochs`` before the prune),
-  ``l1_iter``, ... (torch-pruning's iterative schedule over ``--gate-epochs``: 5 rounds, re-scored each).
+  ``l1_iter``, ... (torch-pruning's iterative schedule over ``--gate-epochs``: 5 rounds, re-scored each);
+* the allocation apart from the ranking: ``--widths-from LABEL`` (``_alloc_LABEL``) prunes each group to the
+  widths the cell of method ``LABEL`` (same model, epochs, budget and seed) kept, the method choosing only which
+  channels within each group (``ibprune.core.rankers.Allocated``; IB's squeeze shuts the rest).
 
 The criteria rank channels globally by torch-pruning's group-normalised importance, as torch-pruning's global
 pruning does; ``ib`` ranks by information (nats), which the gate phase has shaped with each channel's cost.
@@ -99,10 +102,10 @@ import onnxruntime
 import torch
 
 import ibprune
-from ibprune.core.costs import count
+from ibprune.core.costs import CostModel, count
 from ibprune.core.groups import find_groups
 from ibprune.core.prune import remove_channels
-from ibprune.core.rankers import DEPGRAPH_SL, GREG, SparseLearning
+from ibprune.core.rankers import DEPGRAPH_SL, GREG, Allocated, SparseLearning, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, steps_for
 from ibprune.data.cifar import cifar10_loaders, load_cifar10
 from ibprune.files import atomic_path, write_figure, write_json, write_text
@@ -140,7 +143,7 @@ def label(method: str, args) -> str:
     """The method's name in results: a run with non-default settings is its own row (``_g``: IB gate epochs,
     ``_b``: IB explore beta, ``_kd`` / ``_kdd``: distillation from the original / from the fine-tuned dense model,
     ``_r``: widths rounded to another multiple, ``_a``: adapt first, ``_fd``: start from the dense cell of E epochs,
-    ``_lr``: another learning rate)."""
+    ``_lr``: another learning rate, ``_alloc_L``: at the widths of method ``L``'s cell)."""
     name = method
     if gated(method):
         name += f"_g{args.gate_epochs:g}" if args.gate_epochs != 1.0 else ""
@@ -154,6 +157,7 @@ def label(method: str, args) -> str:
         name += f"_r{args.round_to}" if args.round_to != 8 else ""
         name += f"_a{args.adapt:g}" if args.adapt else ""
         name += f"_fd{args.from_dense:g}" if args.from_dense else ""
+        name += f"_alloc_{args.widths_from}" if args.widths_from else ""
     name += f"_lr{args.lr:g}" if args.lr != 0.02 else ""
     return name
 
@@ -268,8 +272,13 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
     else:
         teacher = dense_teacher(args, seed) if args.distill_dense else args.distill
         gate_epochs = args.gate_epochs if gated(method) else 0.0
-        result = ibprune.compress(net, train, val, example_input=example, **{args.metric: budget},
-                                  criterion=sparse or ("ib" if method == "ib_per_cost" else method),
+        criterion = ranker(sparse or ("ib" if method == "ib_per_cost" else method))
+        target = budget
+        if args.widths_from:
+            keep = donor_widths(args, budget, seed)
+            criterion, target = Allocated(criterion, keep), allocation_cost(net, example, keep, args.metric)
+        result = ibprune.compress(net, train, val, example_input=example, **{args.metric: target},
+                                  criterion=criterion,
                                   rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
                                   gate_epochs=gate_epochs,  # sparse learning's epochs come from the fine-tune too
                                   finetune_epochs=args.epochs - args.adapt - gate_epochs
@@ -281,6 +290,8 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         resumed = rep["resumed_from"]
         entry, stages, achieved, timings = rep["compressed"], rep["accuracy"], rep["achieved"], rep["timings_s"]
         kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
+        if args.widths_from and kept != keep:
+            raise RuntimeError(f"the allocation was not kept: {kept} instead of {keep}")
         gate_run = {k: rep["gates"][k] for k in ("steps", "steps_planned", "beta_explore", "beta_final")}
     return {
         "model": args.model, "method": label(method, args), "seed": seed, "budget_metric": args.metric,
@@ -302,6 +313,22 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
                         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                         "machine": platform.machine(), "python": platform.python_version()},
     }
+
+
+def donor_widths(args, budget: float, seed: int) -> dict[str, int]:
+    """The widths per group that the cell of method ``--widths-from`` kept at this model, epochs, budget, seed."""
+    path = cell_path(args.model, args.widths_from, budget, seed, args.epochs, args.metric)
+    if not path.exists():
+        sys.exit(f"--widths-from {args.widths_from}: no cell {path.name} to take the widths from; run it first")
+    return json.loads(path.read_text())["kept_channels"]
+
+
+def allocation_cost(net: torch.nn.Module, example: torch.Tensor, keep: dict[str, int], metric: str) -> float:
+    """The fraction of ``metric`` that ``keep`` costs, a hair above: the budget at which the planner removes
+    exactly the channels an ``Allocated`` ranking puts last."""
+    _, groups = find_groups(net, example)
+    model = CostModel(net, example, groups, metric)
+    return model.fraction({g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float() for g in groups}) + 1e-6
 
 
 def cmd_run(args) -> None:
@@ -559,7 +586,8 @@ def cmd_aggregate(args) -> None:
     md = ["# CIFAR-10 (JPEG) criteria benchmark", "",
           f"Measured on {'; '.join(devices)}. Accuracy: top-1 on the "
           "10,000 JPEG test images. What the rows mean, protocol by protocol: `benchmarks/cifar10_findings.md`.",
-          "", *_comparison(*headline), "", *_params_budget(table), "", *_schedules(table), "", *_tuning(table), "",
+          "", *_comparison(*headline), "", *_params_budget(table), "", *_schedules(table), "", *_allocations(table), "",
+          *_tuning(table), "",
           "## Every run, ablations included", "",
           "Mean ± std over seeds. Every method sees the same "
           "data, augmentation and total epochs; `ib` spends part of them on the gate phase. `pruned (val)`: "
@@ -614,6 +642,7 @@ def _headline(table: list[dict]) -> tuple[dict[tuple, dict[str, dict]], dict[tup
             row = grid.setdefault((r["model"], start + r["epochs"], protocol, r["budget_macs"], start), {})
             if m[1] not in row or not m[2]:
                 row[m[1]] = r
+    _chosen(table, grid)
     return grid, dense
 
 
@@ -664,7 +693,10 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
            "fine-tunes the dense model, which is then pruned and distilled from (`compress(adapt_epochs=1, "
            "distill=True)`); `from dense E ep + distill`: every method starts from the dense model fine-tuned E "
            "epochs (a model that already fits the data) and distils from it; its epochs count `E + ` the methods' "
-           "own, and the dense column is the dense model fine-tuned as many epochs in all. "
+           "own, and the dense column is the dense model fine-tuned as many epochs in all; `settings chosen on "
+           "validation`: each method at its best try on the validation split (its suffix after the accuracy; "
+           "widths, phase lengths, strengths and learning rate as the table `Settings tried on validation` "
+           "below chose them, at 0.5 MACs, and kept at 0.4). "
            "**Bold**: the best pruned model of the row. "
            "`ib − best`: IB's mean minus the best other criterion's, ± its standard error (from the two rows' "
            f"seed spreads, where both have 2+ seeds). {EARLIER} ‡: the row's cells ran in more than one "
@@ -682,7 +714,10 @@ def _comparison(grid: dict, dense: dict) -> list[str]:
                 continue
             r = row[m]
             text = f"{_mean_text(r)} ({r['seeds']})"
-            text += f", gates {r['gate_epochs']:g} ep" if "_g" in r["method"] else ""
+            if protocol == CHOSEN:  # the try's settings, as the tuning table names them
+                text += f", `{r['method'].removeprefix(m)}`" if r["method"] != m else ""
+            elif "_g" in r["method"]:
+                text += f", gates {r['gate_epochs']:g} ep"
             text += " †" if r["earlier_gate_phase"] else ""
             cells.append(f"**{text}**" if r is best and len(row) > 1 else text)
         d = dense.get((model, total))  # fine-tuned as many epochs in all
@@ -747,32 +782,78 @@ def _schedules(table: list[dict]) -> list[str]:
             *_row_lines(rows, used, lambda r: f"{_mean_text(r)} ({r['seeds']})")]
 
 
+def _allocations(table: list[dict]) -> list[str]:
+    """The allocation swap: a method's ranking at another method's widths (``--widths-from``) beside both
+    methods at their own, so a lead reads as how many channels each group keeps or as which ones."""
+    index = {(r["model"], r["epochs"], r["budget_macs"], r["method"]): r for r in table}
+    lines = []
+    for r in table:
+        if not (m := re.fullmatch(r"(.+)_alloc_(.+)", r["method"])):
+            continue
+        own, donor = (index.get((r["model"], r["epochs"], r["budget_macs"], name)) for name in m.groups())
+        text = [f"{_mean_text(x)} ({x['seeds']})" if x else "—" for x in (own, r, donor)]
+        lines.append(f"| {r['model']} | {r['epochs']:g} | {r['budget_macs']} | {m[1]} | {text[0]} | {m[2]} | "
+                     f"{text[1]} | {text[2]} |")
+    if not lines:
+        return []
+    return ["## How many channels, or which ones?", "",
+            "Test accuracy (%), mean ± std (seeds): a method at its own widths, the same method's ranking at the "
+            "widths another method's cell kept (same seed; `--widths-from`: it chooses only which channels "
+            "within each group), and that other method at those widths with its own ranking. Where a ranking "
+            "gains at the other's widths, the widths (the allocation across groups) carry the lead.", "",
+            "| model | epochs | MACs budget | ranking | its own widths | widths of | at those widths | "
+            "their own method |", "| --- | --- | --- | --- | --- | --- | --- | --- |", *sorted(lines)]
+
+
 TUNE = ("resnet20", 3.0, 0.5)  # (model, epochs, MACs budget) of the tries each method's settings are chosen by
 
 
-def _tuning(table: list[dict]) -> list[str]:
+def _base(method: str) -> str | None:
+    """The column a row's method belongs to: the longest name in ``BASE`` it is or starts with."""
+    return max((m for m in BASE if method == m or method.startswith(m + "_")), key=len, default=None)
+
+
+def _tries(table: list[dict]) -> dict[str, list[dict]]:
     """Every try of each method's settings at ``TUNE`` (the plain protocol: no distillation, adapting or
-    ablation), by validation accuracy after the fine-tune (mean over the seeds the try ran), the number the choice
-    reads; test accuracy is shown, never chosen by."""
+    ablation), best validation accuracy after the fine-tune first (mean over the seeds the try ran; a tie goes to
+    the higher accuracy right after the prune): the number the choice reads, never the test accuracy."""
     tries: dict[str, list[dict]] = {}
     for r in table:
-        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot|iter)(_|$)", r["method"])  # no try
-        if (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None and not protocol:
-            base = max((m for m in BASE if r["method"] == m or r["method"].startswith(m + "_")), key=len, default=None)
-            if base:
-                tries.setdefault(base, []).append(r)
+        # a protocol or an ablation is no try of settings
+        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot|iter|alloc)(_|$)", r["method"])
+        tune = (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None
+        if tune and not protocol and (base := _base(r["method"])):
+            tries.setdefault(base, []).append(r)
+    return {base: sorted(rs, key=lambda r: (-round(r["val_accuracy"], 4), -(r["pruned_val_accuracy"] or 0.0)))
+            for base, rs in tries.items()}
+
+
+def _chosen(table: list[dict], grid: dict[tuple, dict[str, dict]]) -> None:
+    """Add to ``grid`` the rows of each method at the settings chosen on validation (its best try, widths
+    included), at every budget of ``TUNE``'s model and epochs."""
+    best = {base: rs[0]["method"] for base, rs in _tries(table).items()}
+    for r in table:
+        base = _base(r["method"])
+        if (r["model"], r["epochs"]) == TUNE[:2] and base and best.get(base) == r["method"]:
+            grid.setdefault((r["model"], r["epochs"], CHOSEN, r["budget_macs"], 0.0), {})[base] = r
+
+
+CHOSEN = "settings chosen on validation"  # the headline protocol of each method at its best try's settings
+
+
+def _tuning(table: list[dict]) -> list[str]:
+    """The table of every try at ``TUNE``, each method's best (its chosen settings) first."""
+    tries = _tries(table)
     out = [f"## Settings tried on validation ({TUNE[0]}, {TUNE[1]:g} epochs, {TUNE[2]} MACs)", "",
            "Each method's tries, best validation accuracy (5,000 held-out training images, after the fine-tune) "
            "first, in **bold** (mean over the seeds it ran; a tie goes to the higher accuracy right after the "
-           "prune); suffixes: `_reg` / `_dr` regularisation strength / "
-           "growth, `_sl` sparse-learning epochs, `_lr` learning rate, `_r4` widths of 4, `_g` gate epochs, `_b` "
-           "explore beta. Test accuracy is shown but never chosen by.", "",
+           "prune): the settings of its `settings chosen on validation` rows above. Suffixes: `_reg` / `_dr` "
+           "regularisation strength / growth, `_sl` sparse-learning epochs, `_lr` learning rate, `_r4` widths of "
+           "4, `_g` gate epochs, `_b` explore beta. Test accuracy is shown but never chosen by.", "",
            "| method | try | final (val, %) | pruned (val, %) | test (%) | seeds |",
            "| --- | --- | --- | --- | --- | --- |"]
     for base in BASE:
-        ranked = sorted(tries.get(base, []), key=lambda r: (-round(r["val_accuracy"], 4),
-                                                            -(r["pruned_val_accuracy"] or 0.0)))
-        for i, r in enumerate(ranked):
+        for i, r in enumerate(tries.get(base, [])):
             pv = "—" if r["pruned_val_accuracy"] is None else f"{100 * r['pruned_val_accuracy']:.1f}"
             val = f"{100 * r['val_accuracy']:.2f}"
             out.append(f"| {base if i == 0 else ''} | {r['method']} | {f'**{val}**' if i == 0 else val} | {pv} | "
@@ -850,6 +931,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="start every pruned method from the dense cell of this many epochs (same seed; its weights "
                         "must exist), a model that already fits the data; with --distill, it is the teacher")
     r.add_argument("--round-to", type=int, default=8, help="keep every width a multiple of this (1: exact)")
+    r.add_argument("--widths-from", metavar="LABEL",
+                   help="prune to the widths the cell of this method label kept (e.g. ib_r4): the allocation swap")
     r.add_argument("--device", default="auto")
     r.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per in-run latency")
     r.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (GPU machine)")

@@ -116,8 +116,11 @@ def _log_to_stdout(quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ibprune`` console script."""
     args = _parser().parse_args(argv)
-    verbose = not args.quiet
-    _log_to_stdout(args.quiet)
+    from ibprune.core import distributed
+
+    joined = distributed.init_from_env()  # under torchrun: one rank of many; rank 0 speaks for all
+    verbose = not args.quiet and distributed.is_writer()
+    _log_to_stdout(not verbose)
     try:
         if args.command == "demo":
             from ibprune.demo import DEMO
@@ -146,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         flags = ", ".join("--" + s.replace("_", "-") for s in getattr(err, "settings", ()))
-        print(f"ibprune: error: {err}" + (f" (flag: {flags})" if flags else ""), file=sys.stderr)
+        rank = f"rank {distributed.rank()}: " if distributed.active() else ""
+        print(f"ibprune: {rank}error: {err}" + (f" (flag: {flags})" if flags else ""), file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            distributed.finish()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ class Job(CompressConfig):
                                   "cifar-10-batches-py, or train/ + test/ class folders; decoded once, cached); or "
                                   "an ImageFolder root with train/ and val/ (or test/)", "data", str)
     input_size: int | None = _setting(None, "image side in pixels (required for an ImageFolder)", "data", int)
-    batch_size: int = _setting(64, "training and evaluation batch size", "data")
+    batch_size: int = _setting(64, "training and evaluation batch size (under torchrun: the global batch, split "
+                                   "evenly over the ranks)", "data")
     workers: int = _setting(2, "data loader processes", "data")
     out: str = _setting(MISSING, "output folder", "output", str)
     macs: float | list[float] | None = _setting(None, "keep at most this fraction of the MACs (a list: a sweep)",
@@ -104,6 +105,7 @@ def _check_type(path: Path, section: str, key: str, value, meta: dict):
 
 def run_job(job: Job, verbose: bool = True):
     """Build the model and data a job names, then ``compress`` them; returns the ``CompressResult``."""
+    from ibprune.core import distributed
     from ibprune.data.loaders import digits_loaders, image_folder_loaders
     from ibprune.models import build
     from ibprune.pipeline.compress import compress
@@ -121,13 +123,15 @@ def run_job(job: Job, verbose: bool = True):
     model = build(job.model, job.num_classes)
     if job.weights:
         load_weights(model, job.weights, job.trust_checkpoint)
+    batch = distributed.per_rank_batch(job.batch_size)
     if job.data == "digits":
-        train, val = digits_loaders(job.batch_size, job.seed)
+        train, val = digits_loaders(batch, job.seed)
     elif job.data.startswith("cifar10:"):
         from ibprune.core.train import pick_device
         from ibprune.data.cifar import cifar10_loaders
 
-        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], job.batch_size, pick_device(job.device),
+        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], batch,
+                                        distributed.local_device(pick_device(job.device)),
                                         seed=job.seed)
     else:
         if not Path(job.data).is_dir():
@@ -135,7 +139,7 @@ def run_job(job: Job, verbose: bool = True):
         if job.input_size is None:
             raise RecipeError("input_size is required for an image folder (e.g. input_size = 224)",
                               settings=("input_size",))
-        train, val = image_folder_loaders(job.data, job.input_size, job.batch_size, job.workers, job.seed)
+        train, val = image_folder_loaders(job.data, job.input_size, batch, job.workers, job.seed)
     settings = job.settings()
     if sweep:
         from ibprune.pipeline.sweep import compress_sweep

@@ -71,6 +71,8 @@ def rng_state(loader=None) -> dict:
     gen = getattr(loader, "generator", None)
     if isinstance(gen, torch.Generator):
         state["loader"] = gen.get_state()
+    if isinstance(getattr(loader, "epoch", None), int):  # a distributed shard: its pass number seeds its order
+        state["epoch"] = loader.epoch
     return state
 
 
@@ -83,3 +85,5 @@ def set_rng_state(state: dict, loader=None) -> None:
     gen = getattr(loader, "generator", None)
     if "loader" in state and isinstance(gen, torch.Generator):
         gen.set_state(state["loader"])
+    if "epoch" in state and hasattr(loader, "epoch"):
+        loader.epoch = state["epoch"]

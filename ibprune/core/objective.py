@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from ibprune.core import distributed
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.prune import plan, scores
@@ -144,7 +145,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     gates.train()
     model.train()
     if beta is None and steps:
-        beta = calibrate_beta(model, gates, cost_model.channel_costs(), loader, device)
+        beta = distributed.from_writer(calibrate_beta(model, gates, cost_model.channel_costs(), loader, device))
     pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
                             min_channels, ranking)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
@@ -160,7 +161,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
 
     run = fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
               extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, stop=pressure.done,
-              desc="gates", verbose=verbose)
+              desc="gates", verbose=verbose, also=gates)
     pressure.steps_taken = run["steps"]
     gates.eval()
     if steps:

@@ -11,7 +11,7 @@ Its sparse-learning methods (DepGraph's group regulariser, GReg's growing one) t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from ibprune.core import distributed
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
@@ -93,11 +94,13 @@ class IBRanker:
 
     ``explored``: weights, gates and ``beta`` after an explore phase shared by several budgets (a sweep);
     ``rank`` then runs only the squeeze. ``squeeze=False`` (``ib_oneshot``, an ablation): the explore part alone,
-    then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning.
+    then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning. ``keep``:
+    the widths to keep per group instead of the budget's (``Allocated``); the squeeze shuts the rest.
     """
 
     explored: dict | None = field(default=None, repr=False)
     squeeze: bool = True
+    keep: dict[str, int] | None = field(default=None, hash=False)
     unit: ClassVar[str] = "nats"
     title: ClassVar[str] = "Information per channel"
     trains_gates: ClassVar[bool] = True
@@ -114,13 +117,17 @@ class IBRanker:
             job.model.load_state_dict(self.explored["model"])
             gates.load_state_dict(self.explored["gates"])
             beta = self.explored["beta"]
+
+        def ranked() -> dict[str, torch.Tensor]:
+            found = scores(gates.information(), job.cost_model.channel_costs(), cfg.rank_per_cost)
+            return found if self.keep is None else allocated(found, self.keep)
+
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target, steps,
                                beta=beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
-                               explore=0.0 if self.explored is not None else explore, verbose=job.verbose)
-        information = gates.information()
-        return Ranking(scores(information, job.cost_model.channel_costs(), cfg.rank_per_cost), information,
-                       _gate_report(pressure, steps_for(cfg.gate_epochs, job.loader)))
+                               explore=0.0 if self.explored is not None else explore,
+                               ranking=None if self.keep is None else ranked, verbose=job.verbose)
+        return Ranking(ranked(), gates.information(), _gate_report(pressure, steps_for(cfg.gate_epochs, job.loader)))
 
     def explore(self, job: RankJob, epochs: float) -> dict:
         """The explore half alone, for ``epochs`` (every channel shows how much the task needs it; it does not
@@ -228,7 +235,7 @@ class Criterion:
             found[g.name] = self._score(importance, graph.get_pruning_group(root, pruner.prune_out_channels,
                                                                             list(range(g.size))), g)
         model.zero_grad(set_to_none=True)
-        return found
+        return distributed.from_writer(found)  # scored on rank 0's batches: one ranking for every rank
 
     def _score(self, importance: tp.importance.Importance, group, g: ChannelGroup) -> torch.Tensor:
         imp = importance(group)
@@ -337,6 +344,61 @@ def _first(found: dict[str, torch.Tensor], removed: dict[str, list[int]]) -> dic
     for n, idxs in removed.items():
         out[n][idxs] = low
     return out
+
+
+def allocated(found: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str, torch.Tensor]:
+    """``found`` re-ranked so that the ``keep[g]`` best channels of each named group by ``found`` rank above,
+    and its other channels below, every channel of every group (groups not named keep every channel). Planned
+    to the cost of those widths, the planner removes exactly the others."""
+    out = {}
+    for n, s in found.items():
+        k = keep.get(n, s.numel())
+        if not 0 <= k <= s.numel():
+            raise ValueError(f"group {n} has {s.numel()} channels; cannot keep {k}")
+        up = torch.zeros(s.numel())
+        up[torch.argsort(s, descending=True, stable=True)[:k]] = 1.0
+        out[n] = up * 2.0 - 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """A ranker's choice of channels within each group at widths another method chose (``keep``: channels kept
+    per group): an ablation that swaps the allocation across groups between methods, to tell whether a method
+    wins by how many channels each group keeps or by which ones. The run's budget must be the cost of those
+    widths (a hair above it); IB's squeeze then shuts the channels the widths leave out."""
+
+    inner: Any  # a Ranker: IB, a criterion or a sparse-learning method (a schedule plans rounds of its own)
+    keep: dict[str, int] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner, _Scheduled):
+            raise ValueError(f"{self.inner.name} plans its own rounds; give Allocated a one-shot ranker or IB")
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}_allocated"
+
+    @property
+    def unit(self) -> str:
+        return self.inner.unit
+
+    @property
+    def title(self) -> str:
+        return self.inner.title
+
+    @property
+    def trains_gates(self) -> bool:
+        return self.inner.trains_gates
+
+    def rank(self, job: RankJob) -> Ranking:
+        if isinstance(self.inner, IBRanker):
+            return replace(self.inner, keep=self.keep).rank(job)
+        found = self.inner.rank(job)
+        return Ranking(allocated(found.scores, self.keep), found.information, found.report)
+
+    def settings(self) -> dict:
+        return {**self.inner.settings(), "criterion": self.name, "keep": dict(self.keep)}
 
 
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ibprune.core import distributed
 from ibprune.core.modes import evaluating, mode, rng_state, set_rng_state
 
 
@@ -126,7 +127,7 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
         distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
         checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
         checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None,
-        before_step: Callable[[], None] | None = None) -> dict:
+        before_step: Callable[[], None] | None = None, also: nn.Module | None = None) -> dict:
     """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
 
     ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
@@ -137,28 +138,31 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
     over ``loader``) and at the end;
     ``resume=state`` continues from one. A non-finite loss rolls back to the last such state and halves the
     learning rate, once; the second time (or with ``extra_optimizers``, whose owners are not saved) it raises
-    ``FloatingPointError``.
+    ``FloatingPointError``. Under ``torchrun`` the steps run data-parallel (``ibprune.core.distributed``): give
+    each rank its shard as ``loader``, and in ``also`` what trains beside ``model`` (the gates) so that its
+    gradients are averaged too; only rank 0 shows progress and saves checkpoints.
     Returns the steps taken, the mean loss and the training accuracy.
     """
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     t = _Training(model, loader, steps, sgd, extra_optimizers, before_step)
+    net = distributed.data_parallel(model, also, device)
     if teacher is not None:
         teacher.to(device).eval()
     every = max(1, checkpoint_every or min(steps, len(loader)) or 1)
     if resume is not None:
         t.restore(resume)
     last_good = copy.deepcopy(t.snapshot()) if not t.extra else None
-    bar = tqdm(total=steps, initial=t.step, desc=desc, disable=None if verbose else True, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=t.step, desc=desc, disable=None if verbose and distributed.is_writer() else True,
+               leave=False, dynamic_ncols=True)
     while t.step < steps:
         step = t.step
         x, y = t.stream.next()
         x, y = _prepare(x, device), y.to(device, non_blocking=True)
-        logits, loss = _task_loss(model, x, y, device, teacher, distill_weight, temperature)
+        logits, loss = _task_loss(net, x, y, device, teacher, distill_weight, temperature)
         total = loss + penalty() if penalty is not None else loss
-        if not torch.isfinite(total):
+        if not distributed.everywhere(bool(torch.isfinite(total))):  # every rank rolls back, or none
             _roll_back(t, last_good, float(total.detach()), desc, bar)
             continue
         t.descend(total)
@@ -169,7 +173,7 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
             bar.set_postfix(loss=f"{t.sums[0] / t.sums[2]:.3f}", acc=f"{t.sums[1] / t.sums[2]:.3f}", **shown)
         done = stop is not None and t.step < steps and stop()
         if t.step % every == 0 or t.step == steps or done:
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_writer():
                 checkpoint(t.snapshot())
             if last_good is not None:
                 last_good = copy.deepcopy(t.snapshot())
@@ -265,9 +269,15 @@ def _roll_back(t: _Training, last_good: dict | None, value: float, desc: str, ba
     bar.n = t.step
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device) -> float:
     """Top-1 accuracy of ``model`` on ``loader`` (eval mode; the model's mode is restored)."""
+    correct, seen = count(model, loader, device)
+    return correct / max(1, seen)
+
+
+@torch.no_grad()
+def count(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
+    """``(correct, seen)``: top-1 hits of ``model`` on ``loader`` and the images it saw."""
     correct = seen = 0
     with evaluating(model.to(device)):
         for x, y in loader:
@@ -276,7 +286,7 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> float:
                 pred = model(x).argmax(1)
             correct += int((pred == y).sum())
             seen += len(y)
-    return correct / max(1, seen)
+    return correct, seen
 
 
 @torch.no_grad()
@@ -299,3 +309,4 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, max_batches: 
                 model(_prepare(x, device))
     for m, mom in zip(norms, momenta):
         m.momentum = mom
+    distributed.broadcast_state(model)  # each rank saw its own shard: rank 0's statistics for all

@@ -7,6 +7,7 @@ padding), flipped and normalised as tensors, on the GPU when there is one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -114,13 +115,34 @@ class TensorLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world, self.even = 0, 1, True
 
-    def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+    def shard(self, rank: int, world: int, pad: bool = True) -> TensorLoader:
+        """This rank's shard of a distributed run: each pass, every ``world``-th image of the order all ranks
+        share (one seed), from ``rank``; ``pad``: the order padded with its first images so that every shard is
+        as long (training), else each image in exactly one shard (evaluation)."""
+        out = copy.copy(self)
+        out.generator = torch.Generator()
+        out.generator.set_state(self.generator.get_state())
+        out.rank, out.world, out.even = rank, world, pad
+        return out
 
-    def __iter__(self):
+    def _order(self) -> torch.Tensor:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        if self.world > 1:
+            order = torch.cat([order, order[:(-n) % self.world if self.even else 0]])[self.rank::self.world]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.world > 1:
+            n = -(-n // self.world) if self.even else len(range(self.rank, n, self.world))
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = self._order()
+        n = len(order)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size].to(self.device)
             x = self.images[idx].float().div_(255.0)

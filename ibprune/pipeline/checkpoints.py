@@ -7,7 +7,8 @@ target the timing found), ``gates.pt`` (after the gate phase),
 scheduler, data-order and random-number state). Each file is written atomically and
 loads with ``weights_only=True``. ``resume=True`` skips every finished stage and continues fine-tuning at the
 saved step; on the CPU the result is the one an uninterrupted run gives. The folder is deleted once the run's
-outputs are written, so a leftover one always means an interrupted run.
+outputs are written, so a leftover one always means an interrupted run. In a distributed run rank 0 alone reads
+and writes the folder (which need exist only on its machine) and sends what it read to the other ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ibprune.core import distributed
 from ibprune.errors import InputError
 from ibprune.files import atomic_path, write_json
 from ibprune.weights import load_plain
@@ -37,6 +39,9 @@ class Checkpoints:
         self.resumed: list[str] = []
         if self.folder is None:
             return
+        distributed.on_writer(lambda: self._start(settings, resume))
+
+    def _start(self, settings: dict, resume: bool) -> None:
         saved = self.folder / "settings.json"
         if saved.is_file():
             if not resume:
@@ -52,13 +57,13 @@ class Checkpoints:
 
     def has(self, stage: str) -> bool:
         """Whether ``stage`` left a checkpoint."""
-        return self.folder is not None and (self.folder / f"{stage}.pt").is_file()
+        return self.folder is not None and distributed.on_writer((self.folder / f"{stage}.pt").is_file)
 
     def load(self, stage: str) -> dict | None:
         """The saved state of ``stage``, or ``None`` when it has not finished (or nothing is kept)."""
         if not self.has(stage):
             return None
-        state = load_plain(self.folder / f"{stage}.pt", f"{stage} checkpoint")
+        state = distributed.on_writer(lambda: load_plain(self.folder / f"{stage}.pt", f"{stage} checkpoint"))
         self.resumed.append(stage)
         return state
 
@@ -72,11 +77,11 @@ class Checkpoints:
         """Write ``stage``'s state atomically (no-op without a folder)."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
-        if self.folder is not None:
+        if self.folder is not None and distributed.is_writer():
             with atomic_path(self.folder / f"{stage}.pt") as tmp:
                 torch.save(state, tmp)
 
     def clear(self) -> None:
         """Delete the checkpoints (the run's outputs are written)."""
-        if self.folder is not None:
+        if self.folder is not None and distributed.is_writer():
             shutil.rmtree(self.folder, ignore_errors=True)

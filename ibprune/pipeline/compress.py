@@ -96,12 +96,12 @@ def stages(p: s.Prepared) -> list[s.Stage]:
         s.Stage("gates", s.rank, "gates", state=vars, restore=lambda _, saved: s.Ranked(**saved)),
         s.Stage("pruned", s.prune, "prune", state=s.pruned_state, restore=s.restore_pruned),
         s.Stage("finetune", s.finetune, "finetune"),
-        s.Stage("robustness", s.robustness, "robustness")
+        s.Stage("robustness", s.robustness, "robustness", writer_only=True)
         if p.cfg.robustness_eps is not None and p.val is not None else None,
-        s.Stage("export", s.export, "export"),
-        s.Stage("quantize", s.int8, "quantize") if p.cfg.quantize else None,
-        s.Stage("benchmark", s.bench, "benchmark"),
-        s.Stage("report", s.write_report),
+        s.Stage("export", s.export, "export", writer_only=True),
+        s.Stage("quantize", s.int8, "quantize", writer_only=True) if p.cfg.quantize else None,
+        s.Stage("benchmark", s.bench, "benchmark", writer_only=True),
+        s.Stage("report", s.write_report, writer_only=True),
     ]
     return [stage for stage in listed if stage is not None]
 

@@ -6,6 +6,10 @@ groups and cost model, the data, the ranker); each stage then reads the outputs 
 of every stage marked ``saved`` (with the random-number state and the timings so far) and, on a resumed run,
 restores those outputs up to the last one saved instead of running them. No stage asks whether it was resumed.
 Stages that train for long (``adapt``, ``finetune``) also checkpoint inside, through ``fit``.
+
+Under ``torchrun`` (``ibprune.core.distributed``) every rank runs the training stages on its shard of the data,
+the channels to remove are checked to be the same on every rank, and the stages marked ``writer_only`` (export,
+timing, the report) run on rank 0 alone, which hands their outputs to the others.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ibprune.core import distributed
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, find_groups
 from ibprune.core.modes import evaluating, rng_state, set_rng_state
 from ibprune.core.prune import block_sizes, coarsest_block, preflight, prune_to_budget, remove_channels
 from ibprune.core.rankers import Ranker, RankJob, ranker
-from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, recalibrate_bn, steps_for
+from ibprune.core.train import SGDConfig, count, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
 from ibprune.files import write_json
 from ibprune.outputs import benchmark, channels, onnx, quantize, report
@@ -57,8 +63,9 @@ class Prepared:
     groups: list[ChannelGroup]
     cost_model: CostModel           # counts MACs for a latency budget, else the budget's metric
     ranker: Ranker
-    train: Any
-    val: Any = None
+    train: Any                      # in a distributed run, this rank's shard (``ibprune.core.distributed``)
+    val: Any = None                 # likewise; ``accuracy`` adds the counts of every rank
+    val_all: Any = None             # the whole validation set, for the stages rank 0 runs alone
     teacher: nn.Module | None = None  # given as distill=<model>
     ckpt: Checkpoints = field(default_factory=lambda: Checkpoints(None, {}))
     folder: Path | None = None      # where outputs are written (a scratch folder when the user gave none)
@@ -94,7 +101,11 @@ class Prepared:
             _LOG.info(message)
 
     def accuracy(self, net: nn.Module) -> float | None:
-        return evaluate(net, self.val, self.device) if self.val is not None else None
+        """Top-1 accuracy on the validation set (every image once, whichever rank holds it)."""
+        if self.val is None:
+            return None
+        correct, seen = distributed.total(*count(net, self.val, self.device))
+        return correct / max(1, seen)
 
     @property
     def distill_name(self) -> str | None:
@@ -167,13 +178,16 @@ class Run:
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline. ``saved``: its output is checkpointed (``state`` makes it plain data and
-    ``restore`` rebuilds it); ``timing``: the report's name for its seconds (``None``: not reported)."""
+    ``restore`` rebuilds it); ``timing``: the report's name for its seconds (``None``: not reported);
+    ``writer_only``: in a distributed run, rank 0 alone runs it (it writes or times files) and sends its output
+    to the other ranks."""
 
     name: str
     run: Callable[[Prepared, Run], Any]
     timing: str | None = None
     state: Callable[[Any], dict] | None = None
     restore: Callable[[Prepared, dict], Any] | None = None
+    writer_only: bool = False
 
     @property
     def saved(self) -> bool:
@@ -193,7 +207,8 @@ def run_stages(stages: list[Stage], p: Prepared) -> Run:
                 set_rng_state(saved["rng"], p.train)
                 continue
         t0 = time.perf_counter()
-        setattr(run, stage.name, stage.run(p, run))
+        output = distributed.on_writer(partial(stage.run, p, run)) if stage.writer_only else stage.run(p, run)
+        setattr(run, stage.name, output)
         if stage.timing is not None:
             run.timings[stage.timing] = time.perf_counter() - t0
         if stage.saved:
@@ -207,8 +222,11 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
     """Everything before the first stage: seed, device, the working copy, input checks, channel groups, cost
     model, the ranker and the stage checkpoints; fails with an ``IbpruneError`` before any training."""
     metric, target = cfg.budget()
+    if metric == "latency" and distributed.active():
+        raise InputError("a latency budget is timed on one machine; under torchrun give a macs or params budget "
+                         "(a single-process run can find the MACs a latency needs)", settings=("latency",))
     torch.manual_seed(cfg.seed)
-    dev = pick_device(cfg.device)
+    dev = distributed.local_device(pick_device(cfg.device))
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
@@ -221,8 +239,10 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
     if not chosen.trains_gates:  # a criterion ranks without a gate phase
         cfg = dataclasses.replace(cfg, gate_epochs=0.0)
     groups, cost_model = structure(work, example_input, ignored_layers, "macs" if metric == "latency" else metric)
-    p = Prepared(cfg, metric, target, dev, model, work, example_input, groups, cost_model, chosen, train_loader,
-                 val_loader, teacher, folder=folder, keep_outputs=out_dir is not None, verbose=verbose)
+    p = Prepared(cfg, metric, target, dev, model, work, example_input, groups, cost_model, chosen,
+                 distributed.shard_train(train_loader, cfg.seed), distributed.shard_eval(val_loader), val_loader,
+                 teacher, folder=folder, keep_outputs=out_dir is not None,
+                 verbose=verbose and distributed.is_writer())
     if out_dir is not None:
         p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), cfg.resume)
     p.log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
@@ -253,6 +273,7 @@ def settings_identity(p: Prepared) -> dict:
             "adapt_epochs": cfg.adapt_epochs, "lr": cfg.lr, "gate_lr": cfg.gate_lr, "weight_decay": cfg.weight_decay,
             "beta": cfg.beta, "distill": p.distill_name, "round_to": cfg.round_to, "rank_per_cost": cfg.rank_per_cost,
             "seed": cfg.seed, **p.ranker.settings(), "train_batches": len(p.train),
+            "world_size": distributed.world_size(),
             "input_shape": list(p.example_input.shape),
             "model": {k: list(v.shape) for k, v in p.work.state_dict().items()}}
 
@@ -352,6 +373,7 @@ def prune(p: Prepared, run: Run) -> Pruned:
         run.latency.original_ms = p.reference_ms()
         result = meet(to, p.meter(), run.latency)
     gates.detach()
+    distributed.check_same(result.removed, "the channels to remove")  # one decision, the same on every rank
     slim, accuracy = result.model, dict(ranked.accuracy)
     accuracy["pruned"] = p.accuracy(slim)
     recalibrate_bn(slim, p.train, p.device)
@@ -390,7 +412,7 @@ def finetune(p: Prepared, run: Run) -> Tuned:
 def robustness(p: Prepared, run: Run) -> dict:
     """FGSM and PGD accuracy of the original and the compressed model (``robustness_eps``)."""
     return adversarial_accuracy({"original": copy.deepcopy(p.original).to(p.device), "compressed": run.pruned.model},
-                                p.val, p.device, p.cfg.robustness_eps)
+                                p.val_all, p.device, p.cfg.robustness_eps)
 
 
 def export(p: Prepared, run: Run) -> Exported:
@@ -401,14 +423,14 @@ def export(p: Prepared, run: Run) -> Exported:
     for key, net in (("original", p.original), ("compressed", run.pruned.model)):
         onnx.export_onnx(net, p.example_input, paths[key])
         diffs[key] = onnx.check_parity(paths[key], net, p.example_input)
-        accuracy[key] = quantize.onnx_accuracy(paths[key], p.val) if p.val is not None else None
+        accuracy[key] = quantize.onnx_accuracy(paths[key], p.val_all) if p.val_all is not None else None
     return Exported(paths, diffs, accuracy)
 
 
 def int8(p: Prepared, run: Run) -> dict[str, quantize.Int8Result]:
     """Static int8 (QDQ) files of both models, calibrated on training batches, each checked against its fp32
     file in onnxruntime (``quantize="int8"``)."""
-    return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), p.calibration(), p.val,
+    return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), p.calibration(), p.val_all,
                                            p.cfg.int8_tolerance, reference=run.export.accuracy[key])
             for key, path in run.export.paths.items()}
 

@@ -229,3 +229,68 @@ def test_compress_with_a_gradual_criterion(digits_net, random_loader):
     rep = ibprune.compress(digits_net, random_loader(), macs=0.5, criterion="taylor_iter", gate_epochs=1.0,
                            **FAST).report
     assert rep["criterion"] == "taylor_iter" and rep["gates"]["steps"] > 0 and rep["achieved"]["macs"] <= 0.5
+
+
+def _widths(groups, seed):
+    """Random widths to keep per group, one group left whole."""
+    g = torch.Generator().manual_seed(seed)
+    keep = {gr.name: int(torch.randint(1, gr.size + 1, (1,), generator=g)) for gr in groups}
+    keep[groups[0].name] = groups[0].size
+    return keep
+
+
+def _budget(cost_model, groups, keep):
+    """The cost of keeping ``keep[g]`` channels of each group, a hair above (as ``Allocated`` asks)."""
+    return cost_model.fraction({g.name: (torch.arange(g.size) < keep[g.name]).float() for g in groups}) + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_allocation_is_planned_exactly_keeping_each_groups_best_channels(digits_net, seed):
+    from ibprune.core.costs import CostModel
+    from ibprune.core.prune import plan
+    from ibprune.core.rankers import allocated
+
+    x = torch.randn(1, 1, 8, 8)
+    _, groups = find_groups(digits_net, x)
+    cost_model, keep = CostModel(digits_net, x, groups), _widths(groups, seed)
+    found = {g.name: torch.randn(g.size) for g in groups}
+    removed = plan(allocated(found, keep), cost_model, _budget(cost_model, groups, keep), groups, 1)[0]
+    for g in groups:
+        worst = torch.argsort(found[g.name], stable=True)[:g.size - keep[g.name]]
+        assert sorted(removed.get(g.name, [])) == sorted(worst.tolist()), g.name
+
+
+def test_an_allocation_beyond_a_groups_width_is_refused():
+    from ibprune.core.rankers import allocated
+
+    with pytest.raises(ValueError, match="group a has 4 channels; cannot keep 5"):
+        allocated({"a": torch.randn(4)}, {"a": 5})
+
+
+def test_ib_at_given_widths_squeezes_and_ranks_by_its_own_information(digits_net, random_loader, monkeypatch):
+    import ibprune.core.rankers as rankers
+    from ibprune.core.costs import CostModel
+    from ibprune.core.prune import plan
+    from ibprune.core.rankers import L1, Allocated, Gradual, IBRanker, RankJob
+    from ibprune.pipeline.config import CompressConfig
+
+    x, loader = torch.randn(1, 1, 8, 8), random_loader(n=64)
+    _, groups = find_groups(digits_net, x)
+    cost_model, keep = CostModel(digits_net, x, groups), _widths(groups, 0)
+    target = _budget(cost_model, groups, keep)
+    job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), target,
+                  CompressConfig(macs=target, gate_epochs=1.0, round_to=1), verbose=False)
+    squeezed, real = [], rankers.train_gates
+    monkeypatch.setattr(rankers, "train_gates", lambda *a, **k: squeezed.append(k["ranking"]) or real(*a, **k))
+    ranking = Allocated(IBRanker(), keep).rank(job)
+    removed = plan(ranking.scores, cost_model, target, groups, 1)[0]
+    assert plan(squeezed[0](), cost_model, target, groups, 1)[0] == removed  # the squeeze shut what is cut
+    for g in groups:  # the widths given, the channels IB passes the least information through removed
+        gone = removed.get(g.name, [])
+        assert len(gone) == g.size - keep[g.name], g.name
+        info = ranking.information[g.name]
+        if gone and len(gone) < g.size:
+            assert float(info[gone].max()) <= float(info[[i for i in range(g.size) if i not in gone]].min())
+    with pytest.raises(ValueError, match="plans its own rounds"):
+        Allocated(Gradual(L1), keep)
+
