@@ -76,19 +76,32 @@ dist.destroy_process_group()
 """
 
 
-def _torchrun(tmp_path: Path, ranks: int, port: int) -> tuple[str, list[dict], Path]:
-    """``torchrun --nproc-per-node ranks`` of ``JOB`` as a user launches it (loopback rendezvous, 1 thread a
-    rank); its output, each rank's architecture and accuracy, and the output folder."""
-    job, out, ranked = tmp_path / "job.py", tmp_path / f"out{ranks}", tmp_path / f"ranks{ranks}"
+def _torchrun(tmp_path: Path, ranks: int, port: int, nodes: int = 1) -> tuple[str, list[dict], Path]:
+    """``JOB`` on ``ranks`` ranks as a user launches it, 1 thread a rank: one ``torchrun --nproc-per-node``
+    (loopback rendezvous), or ``nodes`` torchrun processes of ``ranks // nodes`` each meeting at a c10d endpoint
+    (``--nnodes``, ``--node-rank``), as on several machines. Their output, each rank's architecture and
+    accuracy, and the output folder."""
+    job, out, ranked = tmp_path / "job.py", tmp_path / f"out{ranks}-{nodes}", tmp_path / f"ranks{ranks}-{nodes}"
     job.write_text(JOB.replace("{settings!r}", repr(SETTINGS)))
     ranked.mkdir()
-    torchrun = Path(sys.executable).with_name("torchrun")
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", str(ranks // nodes)]
+    if nodes == 1:
+        torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+    else:
+        torchrun += ["--nnodes", str(nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                     "--rdzv-id", "test"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-                           "--master-port", str(port), str(job), str(out), str(ranked)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout, [json.loads((ranked / f"rank{r}.json").read_text()) for r in range(ranks)], out
+    launched = [subprocess.Popen([*torchrun, *(["--node-rank", str(n)] if nodes > 1 else []), str(job), str(out),
+                                  str(ranked)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for n in range(nodes)]
+    logs = [proc.communicate(timeout=300) for proc in launched]
+    assert all(proc.returncode == 0 for proc in launched), "\n".join(err[-3000:] for _, err in logs)
+    return "".join(log for log, _ in logs), [json.loads((ranked / f"rank{r}.json").read_text())
+                                             for r in range(ranks)], out
+
+
+FILES = ["compressed.pt", "deployed.png", "information.json", "information.png", "model.onnx", "original.onnx",
+         "report.json", "report.md"]  # and no checkpoints left behind
 
 
 def test_two_ranks_decide_once_write_once_and_match_one_process(tmp_path):
@@ -96,9 +109,7 @@ def test_two_ranks_decide_once_write_once_and_match_one_process(tmp_path):
     assert ranks[0]["shapes"] == ranks[1]["shapes"]  # the same architecture on both ranks
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"]  # evaluated over the whole validation set, once
     assert log.count("channel groups") == 1 and log.count("ORT latency batch 1") == 1  # rank 0 alone speaks
-    assert sorted(p.name for p in out.iterdir()) == ["compressed.pt", "deployed.png", "information.json",
-                                                     "information.png", "model.onnx", "original.onnx",
-                                                     "report.json", "report.md"]  # no checkpoints left behind
+    assert sorted(p.name for p in out.iterdir()) == FILES
     import ibprune
     from ibprune.data.loaders import digits_loaders
     from ibprune.demo import pretrained_digits_net
@@ -108,3 +119,9 @@ def test_two_ranks_decide_once_write_once_and_match_one_process(tmp_path):
     # Two runs' accuracies on the 450 digits test images differ by about 0.8 points (binomial, p ~ 0.985),
     # so 2 points is 2.5 standard deviations: the same global batch and seed must land that close.
     assert abs(ranks[0]["accuracy"] - single) <= 0.02
+
+
+def test_two_nodes_meet_at_a_rendezvous_endpoint_and_run_as_one_job(tmp_path):
+    log, ranks, out = _torchrun(tmp_path, 2, 29541, nodes=2)  # two torchrun processes, as on two machines
+    assert ranks[0] == ranks[1]
+    assert log.count("channel groups") == 1 and sorted(p.name for p in out.iterdir()) == FILES
