@@ -105,7 +105,7 @@ import ibprune
 from ibprune.core.costs import CostModel, count
 from ibprune.core.groups import find_groups
 from ibprune.core.prune import remove_channels
-from ibprune.core.rankers import DEPGRAPH_SL, GREG, Allocated, SparseLearning, ranker
+from ibprune.core.rankers import DEPGRAPH_SL, GREG, Allocated, SparseLearning, allocation_cost, ranker
 from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, steps_for
 from ibprune.data.cifar import cifar10_loaders, load_cifar10
 from ibprune.files import atomic_path, write_figure, write_json, write_text
@@ -276,7 +276,9 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         target = budget
         if args.widths_from:
             keep = donor_widths(args, budget, seed)
-            criterion, target = Allocated(criterion, keep), allocation_cost(net, example, keep, args.metric)
+            _, groups = find_groups(net, example)
+            criterion = Allocated(criterion, keep)
+            target = allocation_cost(CostModel(net, example, groups, args.metric), groups, keep)
         result = ibprune.compress(net, train, val, example_input=example, **{args.metric: target},
                                   criterion=criterion,
                                   rank_per_cost=method == "ib_per_cost", adapt_epochs=args.adapt,
@@ -321,14 +323,6 @@ def donor_widths(args, budget: float, seed: int) -> dict[str, int]:
     if not path.exists():
         sys.exit(f"--widths-from {args.widths_from}: no cell {path.name} to take the widths from; run it first")
     return json.loads(path.read_text())["kept_channels"]
-
-
-def allocation_cost(net: torch.nn.Module, example: torch.Tensor, keep: dict[str, int], metric: str) -> float:
-    """The fraction of ``metric`` that ``keep`` costs, a hair above: the budget at which the planner removes
-    exactly the channels an ``Allocated`` ranking puts last."""
-    _, groups = find_groups(net, example)
-    model = CostModel(net, example, groups, metric)
-    return model.fraction({g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float() for g in groups}) + 1e-6
 
 
 def cmd_run(args) -> None:

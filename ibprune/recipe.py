@@ -130,8 +130,7 @@ def run_job(job: Job, verbose: bool = True):
         from ibprune.core.train import pick_device
         from ibprune.data.cifar import cifar10_loaders
 
-        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], batch,
-                                        distributed.local_device(pick_device(job.device)),
+        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], batch, pick_device(job.device),
                                         seed=job.seed)
     else:
         if not Path(job.data).is_dir():

@@ -361,6 +361,13 @@ def allocated(found: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str,
     return out
 
 
+def allocation_cost(cost_model: CostModel, groups: list[ChannelGroup], keep: dict[str, int]) -> float:
+    """The budget to give a run ranked by ``Allocated(..., keep)``: the fraction of ``cost_model``'s metric those
+    widths cost, a hair above, at which the planner removes exactly the channels the allocation puts last."""
+    return cost_model.fraction({g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float()
+                                for g in groups}) + 1e-6
+
+
 @dataclass(frozen=True)
 class Allocated:
     """A ranker's choice of channels within each group at widths another method chose (``keep``: channels kept

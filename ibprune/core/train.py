@@ -22,12 +22,13 @@ from ibprune.core.modes import evaluating, mode, rng_state, set_rng_state
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when ``torch.cuda.is_available()``, else the CPU."""
+    """``"auto"`` gives CUDA when ``torch.cuda.is_available()``, else the CPU; in a distributed run a CUDA device
+    without an index is this rank's own GPU."""
     if isinstance(device, torch.device):
-        return device
+        return distributed.local_device(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.local_device(torch.device(device))
 
 
 @dataclass

@@ -127,21 +127,20 @@ class TensorLoader:
         out.rank, out.world, out.even = rank, world, pad
         return out
 
-    def _order(self) -> torch.Tensor:
+    def _places(self) -> torch.Tensor:
+        """The places of each pass's order this loader takes: all, or its shard's (padded when ``even``)."""
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        places = torch.arange(n)
         if self.world > 1:
-            order = torch.cat([order, order[:(-n) % self.world if self.even else 0]])[self.rank::self.world]
-        return order
+            places = torch.cat([places, places[:(-n) % self.world if self.even else 0]])[self.rank::self.world]
+        return places
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        if self.world > 1:
-            n = -(-n // self.world) if self.even else len(range(self.rank, n, self.world))
-        return (n + self.batch_size - 1) // self.batch_size
+        return (len(self._places()) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        order = self._order()
+        n = len(self.labels)
+        order = (torch.randperm(n, generator=self.generator) if self.train else torch.arange(n))[self._places()]
         n = len(order)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size].to(self.device)

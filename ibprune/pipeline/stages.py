@@ -226,7 +226,7 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
         raise InputError("a latency budget is timed on one machine; under torchrun give a macs or params budget "
                          "(a single-process run can find the MACs a latency needs)", settings=("latency",))
     torch.manual_seed(cfg.seed)
-    dev = distributed.local_device(pick_device(cfg.device))
+    dev = pick_device(cfg.device)
     if example_input is None:
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)

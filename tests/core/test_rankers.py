@@ -239,22 +239,17 @@ def _widths(groups, seed):
     return keep
 
 
-def _budget(cost_model, groups, keep):
-    """The cost of keeping ``keep[g]`` channels of each group, a hair above (as ``Allocated`` asks)."""
-    return cost_model.fraction({g.name: (torch.arange(g.size) < keep[g.name]).float() for g in groups}) + 1e-6
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_an_allocation_is_planned_exactly_keeping_each_groups_best_channels(digits_net, seed):
     from ibprune.core.costs import CostModel
     from ibprune.core.prune import plan
-    from ibprune.core.rankers import allocated
+    from ibprune.core.rankers import allocated, allocation_cost
 
     x = torch.randn(1, 1, 8, 8)
     _, groups = find_groups(digits_net, x)
     cost_model, keep = CostModel(digits_net, x, groups), _widths(groups, seed)
     found = {g.name: torch.randn(g.size) for g in groups}
-    removed = plan(allocated(found, keep), cost_model, _budget(cost_model, groups, keep), groups, 1)[0]
+    removed = plan(allocated(found, keep), cost_model, allocation_cost(cost_model, groups, keep), groups, 1)[0]
     for g in groups:
         worst = torch.argsort(found[g.name], stable=True)[:g.size - keep[g.name]]
         assert sorted(removed.get(g.name, [])) == sorted(worst.tolist()), g.name
@@ -271,13 +266,13 @@ def test_ib_at_given_widths_squeezes_and_ranks_by_its_own_information(digits_net
     import ibprune.core.rankers as rankers
     from ibprune.core.costs import CostModel
     from ibprune.core.prune import plan
-    from ibprune.core.rankers import L1, Allocated, Gradual, IBRanker, RankJob
+    from ibprune.core.rankers import L1, Allocated, Gradual, IBRanker, RankJob, allocation_cost
     from ibprune.pipeline.config import CompressConfig
 
     x, loader = torch.randn(1, 1, 8, 8), random_loader(n=64)
     _, groups = find_groups(digits_net, x)
     cost_model, keep = CostModel(digits_net, x, groups), _widths(groups, 0)
-    target = _budget(cost_model, groups, keep)
+    target = allocation_cost(cost_model, groups, keep)
     job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), target,
                   CompressConfig(macs=target, gate_epochs=1.0, round_to=1), verbose=False)
     squeezed, real = [], rankers.train_gates
