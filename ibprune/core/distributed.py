@@ -57,6 +57,29 @@ def is_writer() -> bool:
     return rank() == 0
 
 
+def restarted() -> int:
+    """How many times ``torchrun``'s elastic agent has restarted this job (``--max-restarts``; 0 on the first
+    attempt and outside ``torchrun``). A restarted run resumes from its checkpoints."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+#: The environment ``torchrun --max-restarts`` needs for a restart to reconnect: with the c10d rendezvous's
+#: store shared with the ranks (torch's default), the ranks of a restarted attempt can read the dead attempt's
+#: addresses from it and fail to connect (pytorch/pytorch#135712).
+RESTARTABLE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def warn_if_not_restartable() -> None:
+    """Log, on rank 0, that elastic restarts may fail to reconnect when ``torchrun`` was started without
+    ``RESTARTABLE``; nothing when no restart was asked for or the rendezvous store is not shared."""
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts and is_writer() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        name, value = next(iter(RESTARTABLE.items()))
+        _LOG.warning("[ibprune] torchrun --max-restarts %d with the rendezvous store shared with the ranks: a "
+                     "restarted attempt can fail to connect (pytorch/pytorch#135712); start torchrun with %s=%s",
+                     restarts, name, value)
+
+
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` set up (its ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR`` variables):
     NCCL with one GPU per local rank on CUDA, gloo on the CPU. False, and nothing done, outside ``torchrun`` or
@@ -91,6 +114,36 @@ def local_device(device: torch.device) -> torch.device:
     if active() and device.type == "cuda" and device.index is None:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
+    """Make ``model``'s BatchNorm layers ``SyncBatchNorm`` (statistics of the global batch while training) in a
+    distributed run on GPUs; returns how many. The layers stay the same objects (only their class changes), so
+    the dependency graph, the gates' hooks and the checkpoints that refer to them keep working; in eval mode,
+    and without a process group, a ``SyncBatchNorm`` computes what the ``BatchNorm`` did. ``plain_batchnorm``
+    turns them back."""
+    if not active():
+        return 0
+    if device.type != "cuda":
+        raise IbpruneError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation (under gloo "
+                           "each rank normalises by its own batch; leave sync_bn off)", settings=("sync_bn",))
+    layers = [m for m in model.modules() if type(m) in _BATCHNORMS]
+    for m in layers:
+        m.plain_class, m.process_group = type(m), None
+        m.__class__ = nn.SyncBatchNorm
+    return len(layers)
+
+
+def plain_batchnorm(model: nn.Module) -> None:
+    """Turn the layers ``sync_batchnorm`` changed back into the BatchNorm they were: the model leaves the run
+    as it came (exportable, and loadable without a process group)."""
+    for m in model.modules():
+        if type(m) is nn.SyncBatchNorm and hasattr(m, "plain_class"):
+            m.__class__ = m.plain_class
+            del m.plain_class, m.process_group
 
 
 class ShardedLoader:

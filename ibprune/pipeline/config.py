@@ -74,6 +74,8 @@ class CompressConfig:
                                     "(ibprune.core.rankers.Ranker)", "train", str)
     rank_per_cost: bool = _setting(False, "rank IB channels by information per unit cost (an ablation)", "train")
     device: str = _setting("auto", "auto | cpu | cuda", "train")
+    sync_bn: bool = _setting(False, "under torchrun on GPUs: BatchNorm statistics over the global batch while "
+                                    "training (SyncBatchNorm) instead of each rank's own", "train")
     seed: int = _setting(0, "random seed", "train")
     bench_batch: int = _setting(32, "the larger batch size of the latency benchmark", "output")
     latency_runs: int = _setting(50, "timed runs per latency measurement", "output")

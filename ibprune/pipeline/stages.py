@@ -231,6 +231,8 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
         example_input = first_batch(train_loader)[0][:1]
     example_input = example_input[:1].to(dev)
     work = working_copy(model, dev)
+    if cfg.sync_bn:
+        distributed.sync_batchnorm(work, dev)
     classes = check_inputs(work, train_loader, example_input)
     teacher = copy.deepcopy(cfg.distill).eval() if isinstance(cfg.distill, nn.Module) else None
     if teacher is not None:
@@ -244,7 +246,11 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
                  teacher, folder=folder, keep_outputs=out_dir is not None,
                  verbose=verbose and distributed.is_writer())
     if out_dir is not None:
-        p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), cfg.resume)
+        distributed.warn_if_not_restartable()
+        restarted = distributed.restarted()  # torchrun --max-restarts: a restarted job resumes
+        p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), cfg.resume or restarted > 0)
+        if restarted:
+            p.log(f"[ibprune] torchrun restart {restarted}: resuming from the stage checkpoints")
     p.log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
           f"{cost_model.macs / 1e6:.2f} M MACs, {cost_model.params / 1e6:.3f} M params; "
           f"target {metric} <= {target:.3f}")
@@ -273,7 +279,7 @@ def settings_identity(p: Prepared) -> dict:
             "adapt_epochs": cfg.adapt_epochs, "lr": cfg.lr, "gate_lr": cfg.gate_lr, "weight_decay": cfg.weight_decay,
             "beta": cfg.beta, "distill": p.distill_name, "round_to": cfg.round_to, "rank_per_cost": cfg.rank_per_cost,
             "seed": cfg.seed, **p.ranker.settings(), "train_batches": len(p.train),
-            "world_size": distributed.world_size(),
+            "world_size": distributed.world_size(), "sync_bn": cfg.sync_bn,
             "input_shape": list(p.example_input.shape),
             "model": {k: list(v.shape) for k, v in p.work.state_dict().items()}}
 
@@ -391,6 +397,8 @@ def restore_pruned(p: Prepared, saved: dict) -> Pruned:
     """The slim model rebuilt on the original architecture and loaded with the saved weights."""
     slim = remove_channels(copy.deepcopy(p.original).to(p.device).eval(), p.example_input, saved["removed"])
     slim.load_state_dict(saved["model"])
+    if p.cfg.sync_bn:
+        distributed.sync_batchnorm(slim, p.device)
     p.log("[ibprune] resumed after pruning")
     return Pruned(**{**saved, "model": slim})
 
@@ -405,7 +413,7 @@ def finetune(p: Prepared, run: Run) -> Tuned:
     tuned = fit(pruned.model, p.train, steps, p.device, SGDConfig(lr=p.cfg.lr, weight_decay=p.cfg.weight_decay),
                 teacher=run.teacher, desc="finetune", verbose=p.verbose, checkpoint=p.ckpt.saver("finetune"),
                 resume=p.ckpt.load("finetune"))
-    pruned.model.eval()
+    distributed.plain_batchnorm(pruned.model.eval())
     return Tuned(dict(pruned.accuracy, finetuned=p.accuracy(pruned.model)), steps, tuned["nan_recoveries"])
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibprune.core import distributed
 from ibprune.core.rankers import IBRanker
 from ibprune.errors import BudgetError
 from ibprune.files import write_figure, write_json, write_text
@@ -69,10 +70,13 @@ def compress_sweep(
     def folder(b: float) -> Path:
         return out / f"{metric}{b:.2f}"
 
-    pending = [b for b in budgets if not (cfg.resume and (folder(b) / "report.json").is_file())]
+    resume = cfg.resume or distributed.restarted() > 0  # torchrun --max-restarts: a restarted sweep resumes
+    done = distributed.on_writer(lambda: {b: _read(folder(b) / "report.json") for b in budgets
+                                          if resume and (folder(b) / "report.json").is_file()})
+    pending = [b for b in budgets if b not in done]
     explored = ckpt = None
     if pending:
-        first = dataclasses.replace(cfg, **{metric: budgets[0]})
+        first = dataclasses.replace(cfg, **{metric: budgets[0]}, resume=resume)
         model, explored, example_input, ckpt = _explore(model, train_loader, first, out, example_input,
                                                         ignored_layers, verbose)
     results: dict[float, CompressResult] = {}
@@ -83,15 +87,21 @@ def compress_sweep(
                                   **{**settings, metric: b, "gate_epochs": cfg.gate_epochs / 2, "adapt_epochs": 0.0,
                                      "device": example_input.device, "criterion": IBRanker(explored)})
         else:
-            results[b] = CompressResult(None, json.loads((folder(b) / "report.json").read_text()), {}, {})
+            results[b] = CompressResult(None, done[b], {}, {})
     points = [_point(b, folder(b), results[b].report) for b in budgets]
-    summary = _summary(metric, points, results[budgets[0]].report, json.loads((out / "explore.json").read_text()))
-    write_json(out / "sweep.json", summary)
-    write_text(out / "sweep.md", markdown(summary))
-    plot(summary, out / "sweep.png")
+    summary = _summary(metric, points, results[budgets[0]].report, distributed.on_writer(
+        lambda: _read(out / "explore.json")))
+    if distributed.is_writer():  # under torchrun rank 0 alone writes
+        write_json(out / "sweep.json", summary)
+        write_text(out / "sweep.md", markdown(summary))
+        plot(summary, out / "sweep.png")
     if ckpt is not None:
         ckpt.clear()
     return SweepResult(results, summary)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, example_input, ignored_layers,
@@ -105,10 +115,12 @@ def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, exa
     setup = time.perf_counter() - t0  # the explore's share of the preamble (the adapt epochs are not)
     p.ckpt = Checkpoints(out / "checkpoints", {
         "metric": p.metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
-        "gate_lr": cfg.gate_lr, "beta": cfg.beta, "seed": cfg.seed, "train_batches": len(train_loader),
-        "model": {k: list(v.shape) for k, v in model.state_dict().items()}}, cfg.resume)
-    adapt_dense(p.work, train_loader, p.device, p.ckpt, cfg, verbose)
+        "gate_lr": cfg.gate_lr, "beta": cfg.beta, "seed": cfg.seed, "train_batches": len(p.train),
+        "world_size": distributed.world_size(), "model": {k: list(v.shape) for k, v in model.state_dict().items()}},
+        cfg.resume)
+    adapt_dense(p.work, p.train, p.device, p.ckpt, cfg, p.verbose)
     start = copy.deepcopy(p.work) if cfg.adapt_epochs else model
+    distributed.plain_batchnorm(start)  # each budget's run makes its own copy synced (sync_bn)
     explored = p.ckpt.load("gates")
     if explored is None:
         t0 = time.perf_counter()
@@ -117,9 +129,9 @@ def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, exa
         trained = time.perf_counter()
         explored = IBRanker().explore(job, cfg.gate_epochs / 2)
         p.ckpt.save("gates", explored)
-        write_json(out / "explore.json", {"seconds": setup + time.perf_counter() - t0,
-                                          "beta": explored["beta"],
-                                          "training_seconds": time.perf_counter() - trained})
+        if distributed.is_writer():
+            write_json(out / "explore.json", {"seconds": setup + time.perf_counter() - t0, "beta": explored["beta"],
+                                              "training_seconds": time.perf_counter() - trained})
     return start, explored, p.example_input, p.ckpt
 
 
