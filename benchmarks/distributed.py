@@ -128,6 +128,15 @@ def _row(config: str, runs: list[dict], base: float) -> dict:
             "images_per_s_rounds": rates, "epoch_seconds": TRAIN_IMAGES / rate, "speedup": rate / base}
 
 
+READING = """What the rows say and what they do not: `2x1` against `1x1` is what a second rank adds to the data-parallel
+fine-tune (the shards, DDP's gradient all-reduce over gloo, the per-rank augmentation); `2x1` against `1x2` is
+whether that path uses a second core as well as torch's own threads do in one process. On one machine's CPUs
+that is all: nothing here measures all-reduce across a network (several machines) or NCCL between GPUs, where
+data parallelism is what users launch `torchrun` for. The GPU rows, where present, time one GPU without and
+under `torchrun --nproc-per-node 1`: a world of one takes ibprune's single-process path (no DDP), so they say
+what the launcher costs, nothing about scaling over GPUs."""
+
+
 def write(args: argparse.Namespace, measured: dict[str, list[dict]]) -> None:
     base = statistics.median(m["images"] / m["seconds"] for m in measured[args.configs[0]])
     rows = [_row(c, runs, base) for c, runs in measured.items()]
@@ -149,7 +158,7 @@ def write(args: argparse.Namespace, measured: dict[str, list[dict]]) -> None:
         rounds = ", ".join(f"{v:.0f}" for v in r["images_per_s_rounds"])
         lines.append(f"| {r['config']} | {r['processes']} x {r['threads_per_process']} | {r['backend'] or '—'} | "
                      f"{r['images_per_s']:.1f} ({rounds}) | {r['epoch_seconds']:.0f} | {r['speedup']:.2f}x |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines + ["", READING]) + "\n")
     print("\n".join(lines))
 
 
