@@ -25,6 +25,7 @@ from ibprune.core.costs import CostModel, count
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import ChannelGroup, build_graph
 from ibprune.core.modes import evaluating, full_precision, in_float64
+from ibprune.core.probes import random_like, widened
 from ibprune.core.verify import RTOL, Agreement, compare, sites, trace, trace_gated
 from ibprune.errors import BudgetError, PreflightMismatchError, PruningMismatchError
 from ibprune.rewrites import rewrite
@@ -313,7 +314,7 @@ def prune_to_budget(model: nn.Module, gates: GateSet, groups: list[ChannelGroup]
     device = next(model.parameters()).device
     score = importance if importance is not None else scores(gates.information(), cost_model.channel_costs(),
                                                              per_cost)
-    probe = torch.randn(check_batch, *example_input.shape[1:], device=device, dtype=example_input.dtype)
+    probe = random_like(example_input.to(device), check_batch)
     aim = target
     with evaluating(model), evaluating(gates):
         for _ in range(8):
@@ -337,7 +338,7 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
     something else, or fails to run at all.
     """
     layers = sites(groups, removed)
-    wide = probe.to(torch.float64)
+    wide = widened(probe)
     gc.collect()  # an earlier check's copy and dependency graph hold references in cycles: free them first
     gates.detach()
     try:
@@ -350,7 +351,7 @@ def _checked_copy(model, gates, groups, removed, example_input, probe) -> tuple[
         with in_float64(slim):  # back to the model's own precision after, surgery's new tensors too
             gates.fold(slim)
             try:
-                remove_channels(slim, example_input.to(probe.device, torch.float64), removed)
+                remove_channels(slim, widened(example_input.to(probe.device)), removed)
                 candidate = trace(slim, wide, layers)
             except (RuntimeError, ValueError, IndexError) as err:
                 raise PruningMismatchError(f"the pruned model fails to run: {str(err).splitlines()[0]}") from None
@@ -402,7 +403,7 @@ def preflight(model: nn.Module, gates: GateSet, groups: list[ChannelGroup], exam
     ``F.pad``), so a model that cannot be pruned correctly fails in seconds, not after the gate phase.
     """
     removed = {g.name: list(range(0, g.size, 4)) for g in groups if g.size >= 4}
-    probe = torch.randn(2, *example_input.shape[1:], device=example_input.device, dtype=example_input.dtype)
+    probe = random_like(example_input, 2)
     try:
         with evaluating(model), evaluating(gates):
             _check_or_blame(model, gates, groups, removed, example_input, probe)

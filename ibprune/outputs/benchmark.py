@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ibprune.core.costs import count
+from ibprune.core.probes import random_like, widened
 from ibprune.outputs.onnx import session
 
 
@@ -31,7 +32,8 @@ def latency(path: str | os.PathLike, example_input: torch.Tensor, batch: int, th
 def time_runs(sess, example_input: torch.Tensor, batch: int, warmup: int = 10, runs: int = 50) -> dict[str, float]:
     """``latency`` on an open onnxruntime session."""
     name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((batch, *example_input.shape[1:])).astype(np.float32)
+    x = random_like(widened(example_input.detach().cpu(), torch.float32), batch,
+                    torch.Generator().manual_seed(0)).numpy()
     for _ in range(warmup):
         sess.run(None, {name: x})
     times = []

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from ibprune.core.probes import random_like, widened
 from ibprune.errors import ExportMismatchError
 from ibprune.files import atomic_path
 
@@ -24,7 +25,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     """
     path = Path(path)
     cpu = copy.deepcopy(model).cpu().float().eval()
-    x = example_input.detach().cpu().float()
+    x = widened(example_input.detach().cpu(), torch.float32)
     x = torch.cat([x, x]) if x.shape[0] == 1 else x  # a batch of 1 would be specialised away
     with atomic_path(path, suffix=".onnx") as tmp:
         torch.onnx.export(cpu, (x,), str(tmp), input_names=["input"], output_names=["logits"],
@@ -76,8 +77,8 @@ def check_parity(path: str | os.PathLike, model: nn.Module, example_input: torch
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b in batch_sizes:
-        x = torch.randn(b, *example_input.shape[1:], generator=gen)
-        ref, truth = cpu(x).numpy(), exact(x.double()).numpy()
+        x = random_like(example_input.cpu(), b, gen)
+        ref, truth = cpu(x).numpy(), exact(widened(x)).numpy()
         out = sess.run(None, {name: x.numpy()})[0]
         if out.shape != ref.shape:
             raise ExportMismatchError(f"{path}: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {b}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -30,6 +31,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ibprune.core.probes import widened
 from ibprune.files import atomic_path
 from ibprune.outputs.onnx import session
 
@@ -88,7 +90,7 @@ def onnx_accuracy(path: str | os.PathLike, loader, threads: int | None = None) -
     name = sess.get_inputs()[0].name
     correct = seen = 0
     for x, y in loader:
-        logits = sess.run(None, {name: x.detach().cpu().float().numpy()})[0]
+        logits = sess.run(None, {name: widened(x.detach().cpu(), torch.float32).numpy()})[0]
         correct += int((logits.argmax(1) == y.numpy()).sum())
         seen += len(y)
     return correct / max(1, seen)

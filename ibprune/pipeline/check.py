@@ -15,6 +15,7 @@ from torch import nn
 
 from ibprune.core.costs import count
 from ibprune.core.gates import GateSet
+from ibprune.core.probes import random_like
 from ibprune.core.prune import preflight, prune_to_budget
 from ibprune.core.train import recalibrate_bn
 from ibprune.core.verify import sensitivity
@@ -48,7 +49,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6
     lively(model, x)  # the gates scale every layer's inputs down: BN statistics for the gated network
     macs_before, params_before = count(model, x)
     result = prune_to_budget(model, gates, groups, x, cost_model, macs, round_to)
-    margins = sensitivity(model, gates, groups, result.removed, torch.randn(2, *x.shape[1:])) if margin else {}
+    margins = sensitivity(model, gates, groups, result.removed, random_like(x, 2)) if margin else {}
     gates.detach()
     macs_after, params_after = count(result.model, x)
     with torch.no_grad():
@@ -80,8 +81,7 @@ def lively(model: nn.Module, example_input: torch.Tensor, batches: int = 2, batc
             p.normal_(0.0, 0.02)
         elif p.numel() > 1 and 0 < float(p.abs().max()) < 1e-3 and bool((p == p.flatten()[0]).all()):
             p.fill_(1.0)
-    shape = (batch, *example_input.shape[1:])
-    recalibrate_bn(model, [(torch.randn(shape, dtype=example_input.dtype), None) for _ in range(batches)],
+    recalibrate_bn(model, [(random_like(example_input, batch), None) for _ in range(batches)],
                    example_input.device)
     model.eval()
 

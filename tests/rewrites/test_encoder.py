@@ -1,0 +1,61 @@
+"""transformers encoders (BERT, RoBERTa) with removable heads: the rewrite is exact, the heads and FFN units
+prune and pass the function check, the ONNX file matches on padded batches."""
+
+import copy
+
+import pytest
+import torch
+
+import ibprune
+from ibprune.models.text import TextClassifier, pack
+from ibprune.rewrites.encoder import EncoderAttention, split_encoder_heads
+
+transformers = pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
+
+TINY = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 40, "num_labels": 3}
+
+
+def tiny(kind: str = "bert", attention: str = "sdpa") -> TextClassifier:
+    """A randomly initialised encoder classifier (no weights needed)."""
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{kind.capitalize() if kind == 'bert' else 'Roberta'}Config")(
+        **TINY, attn_implementation=attention)
+    model = transformers.AutoModelForSequenceClassification.from_config(config)
+    return TextClassifier(model).eval()
+
+
+def padded(batch: int = 4, length: int = 12) -> torch.Tensor:
+    """Token ids over masks with padding of different lengths per row (ids 5+ leave RoBERTa's specials)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, TINY["vocab_size"], (batch, length), generator=g)
+    mask = (torch.arange(length)[None] < torch.tensor([length, 6, 9, 3][:batch])[:, None]).long()
+    return pack(ids * mask + (1 - mask), mask)  # padding id 1 (RoBERTa's; BERT's 0 works alike)
+
+
+@pytest.mark.parametrize("kind, attention", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa")])
+def test_the_rewrite_computes_what_the_encoder_does_on_padded_batches(kind, attention):
+    model, x = tiny(kind, attention), padded()
+    expected = model(x)
+    rewritten = copy.deepcopy(model)
+    names = split_encoder_heads(rewritten)
+    assert names == [f"hf.{kind}.encoder.layer.{i}.attention" for i in range(2)]
+    assert all(isinstance(rewritten.get_submodule(n), EncoderAttention) for n in names)
+    torch.testing.assert_close(rewritten(x), expected, rtol=1e-5, atol=1e-6)
+    assert split_encoder_heads(rewritten) == []  # idempotent
+    changed = x.clone()
+    changed[1, 0, 8:] = 7  # tokens under the padding of row 1: they must not matter
+    torch.testing.assert_close(rewritten(changed)[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_heads_and_ffn_units_are_removed_checked_and_exported():
+    x = padded()
+    report = ibprune.check_model(tiny(), x[1:2], macs=0.5, margin=True)  # a row with padding as the example
+    slim = report["model"]
+    assert report["heads_before"] == 8 and 0 < report["heads_after"] < 8
+    widths = [layer.intermediate.dense.out_features for layer in slim.hf.bert.encoder.layer]
+    assert min(widths) < TINY["intermediate_size"]  # FFN units go too
+    assert report["macs_fraction"] <= 0.5 and report["check_ratio"] < 1 and report["check_margin"] > 10
+    assert report["onnx_max_diff"] < 1e-4 and report["output_shape_ok"]
+    attention = slim.hf.bert.encoder.layer[0].attention
+    assert attention.q.out_features == attention.num_heads * attention.head_dim
