@@ -20,6 +20,9 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 class TextClassifier(nn.Module):
     """A ``transformers`` ``...ForSequenceClassification`` model behind one packed input (``pack``)."""
 
+    #: input dimensions whose size may change between calls besides the batch (ONNX export keeps them dynamic)
+    dynamic_dims = {2: "sequence"}
+
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
         self.hf = hf

@@ -18,7 +18,8 @@ from ibprune.files import atomic_path
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Export ``model`` (a CPU float32 copy, eval mode) to ``path`` with a dynamic batch dimension.
+    """Export ``model`` (a CPU float32 copy, eval mode) to ``path`` with a dynamic batch dimension (and the
+    dimensions ``model.dynamic_dims`` names).
 
     Uses ``torch.onnx.export``'s default (dynamo) exporter with weights embedded in the file, writes atomically
     and runs ``onnx.checker`` on the result.
@@ -29,10 +30,17 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     x = torch.cat([x, x]) if x.shape[0] == 1 else x  # a batch of 1 would be specialised away
     with atomic_path(path, suffix=".onnx") as tmp:
         torch.onnx.export(cpu, (x,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+                          dynamic_shapes=(_dynamic(cpu),), external_data=False,
                           verbose=False)
         onnx.checker.check_model(str(tmp))
     return path
+
+
+def _dynamic(model: nn.Module) -> dict[int, torch.export.Dim]:
+    """The input dimensions the file leaves free: the batch, and what the model declares in ``dynamic_dims``
+    (a text classifier's sequence length)."""
+    return {0: torch.export.Dim("batch"), **{d: torch.export.Dim(name)
+                                             for d, name in getattr(model, "dynamic_dims", {}).items()}}
 
 
 def onnx_opset(path: str | os.PathLike) -> int:
@@ -63,7 +71,8 @@ def session(path: str | os.PathLike, threads: int = 1, spinning: bool = True,
 @torch.no_grad()
 def check_parity(path: str | os.PathLike, model: nn.Module, example_input: torch.Tensor,
                  batch_sizes: tuple[int, ...] = (1, 3), rtol: float = 1e-4, seed: int = 0) -> float:
-    """Max abs difference between onnxruntime and PyTorch on random inputs at each batch size.
+    """Max abs difference between onnxruntime and PyTorch on random inputs at each batch size (and, for each
+    dimension the model declares dynamic besides the batch, at half the example's size there).
 
     Raises ``ExportMismatchError`` when onnxruntime's output is further from the exact (float64) result than
     ``rtol`` times the largest magnitude of that output, or, in a deep network where float32 rounding alone
@@ -76,16 +85,19 @@ def check_parity(path: str | os.PathLike, model: nn.Module, example_input: torch
     name = sess.get_inputs()[0].name
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
-    for b in batch_sizes:
-        x = random_like(example_input.cpu(), b, gen)
+    example = example_input.cpu()
+    shorter = [example.narrow(d, 0, max(1, example.shape[d] // 2)) for d in getattr(model, "dynamic_dims", {})]
+    for like, b in [(example, b) for b in batch_sizes] + [(s, batch_sizes[-1]) for s in shorter]:
+        x = random_like(like, b, gen)
         ref, truth = cpu(x).numpy(), exact(widened(x)).numpy()
         out = sess.run(None, {name: x.numpy()})[0]
+        shape = f"input {tuple(x.shape)}"
         if out.shape != ref.shape:
-            raise ExportMismatchError(f"{path}: ONNX output shape {out.shape} != PyTorch {ref.shape} at batch {b}")
+            raise ExportMismatchError(f"{path}: ONNX output shape {out.shape} != PyTorch {ref.shape} at {shape}")
         diff = float(np.abs(out - ref).max())
         tolerance = max(rtol * float(np.abs(truth).max()), 10 * float(np.abs(ref - truth).max()))
         if not np.isfinite(diff) or float(np.abs(out - truth).max()) > tolerance:
-            raise ExportMismatchError(f"{path}: onnxruntime differs from PyTorch by {diff:.3g} at batch {b} "
+            raise ExportMismatchError(f"{path}: onnxruntime differs from PyTorch by {diff:.3g} at {shape} "
                                       f"(tolerance {tolerance:.3g})")
         worst = max(worst, diff)
     return worst

@@ -37,8 +37,10 @@ from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import SGDConfig, count, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
 from ibprune.files import write_json
+from ibprune.models.text import TextClassifier
 from ibprune.outputs import benchmark, channels, onnx, quantize, report
 from ibprune.outputs.compressed import save_compressed
+from ibprune.outputs.hf import save_hf
 from ibprune.outputs.robustness import adversarial_accuracy
 from ibprune.pipeline.checkpoints import Checkpoints
 from ibprune.pipeline.config import CompressConfig
@@ -482,6 +484,8 @@ def write_report(p: Prepared, run: Run) -> dict:
         rep["information"] = _channel_picture(p, pruned)
         report.write(p.folder, rep)
         save_compressed(p.folder / "compressed.pt", pruned.model, pruned.removed, p.example_input)
+        if isinstance(pruned.model, TextClassifier):  # also as a transformers folder (from_pretrained)
+            save_hf(pruned.model.hf, p.folder / "hf")
         p.ckpt.clear()
     p.log(report.summary(rep))
     return rep

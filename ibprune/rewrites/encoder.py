@@ -50,10 +50,29 @@ class EncoderAttention(HeadAttention):
         new = cls(inner.query.in_features, inner.query.out_features // d, d, inner.dropout.p, out.dropout.p,
                   out.LayerNorm.eps)
         new.to(out.dense.weight.device, out.dense.weight.dtype)
-        for mine, theirs in ((new.q, inner.query), (new.k, inner.key), (new.v, inner.value),
-                             (new.out_proj, out.dense), (new.LayerNorm, out.LayerNorm)):
+        for mine, theirs in new._pairs(block):
             mine.load_state_dict(theirs.state_dict())
+        # what it takes to build the block back (``to_hf``): its class, config and place in the encoder
+        new.hf_class, new.hf_config, new.layer_idx = type(block), inner.config, getattr(inner, "layer_idx", None)
         return new.train(block.training)
+
+    def _pairs(self, block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        """Each of this module's layers with the layer of a ``transformers`` block that holds the same weights."""
+        return [(self.q, block.self.query), (self.k, block.self.key), (self.v, block.self.value),
+                (self.out_proj, block.output.dense), (self.LayerNorm, block.output.LayerNorm)]
+
+    @torch.no_grad()
+    def to_hf(self) -> nn.Module:
+        """The ``transformers`` block this module was made from, with this module's heads and weights: its
+        q/k/v and output projections as narrow as the heads kept (``transformers`` 5 reads the number of heads
+        off the projections' width, so the block runs as it is)."""
+        block = self.hf_class(self.hf_config, layer_idx=self.layer_idx).to(self.q.weight.device, self.q.weight.dtype)
+        for mine, theirs in self._pairs(block):
+            if isinstance(theirs, nn.Linear):
+                theirs.in_features, theirs.out_features = mine.in_features, mine.out_features
+            theirs.weight = nn.Parameter(mine.weight.detach().clone())
+            theirs.bias = None if mine.bias is None else nn.Parameter(mine.bias.detach().clone())
+        return block.train(self.training)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args,
                 **kwargs) -> tuple[torch.Tensor, None]:
@@ -80,5 +99,17 @@ def split_encoder_heads(model: nn.Module) -> list[str]:
         if name and is_encoder_attention(module):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, EncoderAttention.from_hf(module))
+            replaced.append(name)
+    return replaced
+
+
+def join_encoder_heads(model: nn.Module) -> list[str]:
+    """Undo ``split_encoder_heads`` in place: every ``EncoderAttention`` back to its ``transformers`` block (with
+    the heads it kept), so that ``save_pretrained`` writes the library's own names; the replaced names."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, EncoderAttention) and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, module.to_hf())
             replaced.append(name)
     return replaced

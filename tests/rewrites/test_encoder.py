@@ -3,11 +3,13 @@ prune and pass the function check, the ONNX file matches on padded batches."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 import ibprune
 from ibprune.models.text import TextClassifier, pack
+from ibprune.outputs.onnx import export_onnx, session
 from ibprune.rewrites.encoder import EncoderAttention, split_encoder_heads
 
 transformers = pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
@@ -48,7 +50,7 @@ def test_the_rewrite_computes_what_the_encoder_does_on_padded_batches(kind, atte
     torch.testing.assert_close(rewritten(changed)[1], expected[1], rtol=1e-5, atol=1e-6)
 
 
-def test_heads_and_ffn_units_are_removed_checked_and_exported():
+def test_heads_and_ffn_units_are_removed_checked_and_exported(tmp_path):
     x = padded()
     report = ibprune.check_model(tiny(), x[1:2], macs=0.5, margin=True)  # a row with padding as the example
     slim = report["model"]
@@ -59,3 +61,9 @@ def test_heads_and_ffn_units_are_removed_checked_and_exported():
     assert report["onnx_max_diff"] < 1e-4 and report["output_shape_ok"]
     attention = slim.hf.bert.encoder.layer[0].attention
     assert attention.q.out_features == attention.num_heads * attention.head_dim
+    path = export_onnx(slim, x[1:2], tmp_path / "slim.onnx")  # exported at length 12, run at 20 and 5
+    sess = session(path)
+    assert sess.get_inputs()[0].shape == ["batch", 2, "sequence"]
+    for longer in (padded(4, 20), padded(2, 5)):
+        np.testing.assert_allclose(sess.run(None, {"input": longer.numpy()})[0], slim(longer).detach().numpy(),
+                                   atol=1e-5)
