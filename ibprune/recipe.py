@@ -16,7 +16,9 @@ class Job(CompressConfig):
     """Everything ``ibprune compress`` needs: a model, data and an output folder, and the ``CompressConfig``
     settings (whose defaults it inherits). Field names are the CLI flags and the recipe keys."""
 
-    model: str = _setting(MISSING, "'torchvision:<name>' or 'package.module:factory'", "model", str)
+    model: str = _setting(MISSING, "'torchvision:<name>', 'package.module:factory', or 'hf:<folder>' (a "
+                                   "transformers sequence classifier and its tokenizer; the [text] extra)", "model",
+                          str)
     weights: str | None = _setting(None, "state dict or checkpoint file (loaded with weights_only=True)", "model",
                                    str)
     num_classes: int | None = _setting(None, "passed to the model factory as num_classes", "model", int)
@@ -25,7 +27,10 @@ class Job(CompressConfig):
                                              "trust", "model")
     data: str = _setting(MISSING, "'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's "
                                   "cifar-10-batches-py, or train/ + test/ class folders; decoded once, cached); or "
-                                  "an ImageFolder root with train/ and val/ (or test/)", "data", str)
+                                  "an ImageFolder root with train/ and val/ (or test/); for an hf: model, "
+                                  "'csv:<folder>' (train.csv and test.csv, columns text and label)", "data", str)
+    seq_len: int = _setting(128, "text: tokens per example (truncated or padded; the MACs are counted at this "
+                                 "length)", "data")
     input_size: int | None = _setting(None, "image side in pixels (required for an ImageFolder)", "data", int)
     batch_size: int = _setting(64, "training and evaluation batch size (under torchrun: the global batch, split "
                                    "evenly over the ranks)", "data")
@@ -106,7 +111,6 @@ def _check_type(path: Path, section: str, key: str, value, meta: dict):
 def run_job(job: Job, verbose: bool = True):
     """Build the model and data a job names, then ``compress`` them; returns the ``CompressResult``."""
     from ibprune.core import distributed
-    from ibprune.data.loaders import digits_loaders, image_folder_loaders
     from ibprune.models import build
     from ibprune.pipeline.compress import compress
     from ibprune.pipeline.config import budget_of
@@ -120,25 +124,14 @@ def run_job(job: Job, verbose: bool = True):
         raise BudgetError("give exactly one budget: a sweep runs over macs or params budgets")
     else:
         sweep_budgets("macs" if job.macs else "params", job.macs or job.params)
-    model = build(job.model, job.num_classes)
+    batch = distributed.per_rank_batch(job.batch_size)
+    if job.model.startswith("hf:") or job.data.startswith("csv:"):
+        model, train, val = _text_job(job, batch)
+    else:
+        model = build(job.model, job.num_classes)
+        train, val = _image_data(job, batch)
     if job.weights:
         load_weights(model, job.weights, job.trust_checkpoint)
-    batch = distributed.per_rank_batch(job.batch_size)
-    if job.data == "digits":
-        train, val = digits_loaders(batch, job.seed)
-    elif job.data.startswith("cifar10:"):
-        from ibprune.core.train import pick_device
-        from ibprune.data.cifar import cifar10_loaders
-
-        train, val, _ = cifar10_loaders(job.data.split(":", 1)[1], batch, pick_device(job.device),
-                                        seed=job.seed)
-    else:
-        if not Path(job.data).is_dir():
-            raise FileNotFoundError(f"data folder not found: {job.data} (give a folder or 'digits')")
-        if job.input_size is None:
-            raise RecipeError("input_size is required for an image folder (e.g. input_size = 224)",
-                              settings=("input_size",))
-        train, val = image_folder_loaders(job.data, job.input_size, batch, job.workers, job.seed)
     settings = job.settings()
     if sweep:
         from ibprune.pipeline.sweep import compress_sweep
@@ -149,3 +142,35 @@ def run_job(job: Job, verbose: bool = True):
         return compress_sweep(model, train, val, budgets=budgets, metric="macs" if job.macs else "params",
                               out_dir=job.out, verbose=verbose, **settings)
     return compress(model, train, val, out_dir=job.out, verbose=verbose, **settings)
+
+
+def _text_job(job: Job, batch: int):
+    """The ``hf:`` model and the ``csv:`` data of a text job, tokenised by the model's own tokenizer."""
+    from ibprune.data.text import csv_loaders
+    from ibprune.models.text import from_pretrained
+
+    if not (job.model.startswith("hf:") and job.data.startswith("csv:")):
+        raise RecipeError("a text job needs both a Hugging Face model (model = 'hf:<folder>') and text data "
+                          "(data = 'csv:<folder>')", settings=("model", "data"))
+    model, tokenizer = from_pretrained(job.model[3:], job.num_classes)
+    train, val, _ = csv_loaders(job.data[4:], tokenizer, job.seq_len, batch, job.seed)
+    return model, train, val
+
+
+def _image_data(job: Job, batch: int):
+    """The training and validation loaders of an image job: the digits, CIFAR-10 or an ImageFolder tree."""
+    from ibprune.data.loaders import digits_loaders, image_folder_loaders
+
+    if job.data == "digits":
+        return digits_loaders(batch, job.seed)
+    if job.data.startswith("cifar10:"):
+        from ibprune.core.train import pick_device
+        from ibprune.data.cifar import cifar10_loaders
+
+        return cifar10_loaders(job.data.split(":", 1)[1], batch, pick_device(job.device), seed=job.seed)[:2]
+    if not Path(job.data).is_dir():
+        raise FileNotFoundError(f"data folder not found: {job.data} (give a folder or 'digits')")
+    if job.input_size is None:
+        raise RecipeError("input_size is required for an image folder (e.g. input_size = 224)",
+                          settings=("input_size",))
+    return image_folder_loaders(job.data, job.input_size, batch, job.workers, job.seed)

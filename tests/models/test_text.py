@@ -1,7 +1,8 @@
 import torch
 
 from ibprune.core.probes import random_like
-from ibprune.models.text import TextClassifier, pack
+from ibprune.data.text import pack
+from ibprune.models.text import TextClassifier
 
 
 class Echo(torch.nn.Module):

@@ -1,15 +1,17 @@
-"""A compressed transformers encoder, in one call, saved as a folder that from_pretrained loads with its
+"""A compressed transformers encoder, in one command, saved as a folder that from_pretrained loads with its
 per-layer widths."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 import ibprune
-from ibprune.models.text import pack
+from ibprune.cli import main
 from ibprune.outputs.hf import MODELING, save_hf
+from ibprune.outputs.onnx import session
+from tests.data.test_text import WORDS, tokenizer, write_csvs
 from tests.rewrites.test_encoder import TINY, padded, tiny
 
 transformers = pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
@@ -26,32 +28,36 @@ def _logits(hf, x: torch.Tensor) -> torch.Tensor:
     return hf(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
 
 
-def _loader(n: int, seed: int, shuffle: bool) -> DataLoader:
-    """A task the tiny encoder can learn: does the text hold token 7? Padded to 16, lengths 6-16."""
+def _sentences(n: int, seed: int) -> list[tuple[str, str]]:
+    """A task the tiny encoder can learn: does the sentence say 'great'?"""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, TINY["vocab_size"], (n, 16), generator=g)
-    mask = (torch.arange(16)[None] < torch.randint(6, 17, (n, 1), generator=g)).long()
-    ids = ids * mask
-    return DataLoader(TensorDataset(pack(ids, mask), (ids == 7).any(1).long()), batch_size=32, shuffle=shuffle,
-                      generator=g)
+    words = WORDS[5:]
+    rows = []
+    for _ in range(n):
+        picked = torch.randint(len(words), (int(torch.randint(3, 12, (1,), generator=g)),), generator=g)
+        text = " ".join(words[i] for i in picked)
+        rows.append((text, "yes" if "great" in text.split() else "no"))
+    return rows
 
 
-def test_a_tiny_encoder_compresses_in_one_call_and_reloads_with_from_pretrained(tmp_path):
-    model = tiny()
-    result = ibprune.compress(model, _loader(256, 0, True), _loader(96, 1, False), macs=0.5, gate_epochs=0.5,
-                              finetune_epochs=0.5, round_to=1, latency_runs=2, bench_batch=4, out_dir=tmp_path,
-                              verbose=False)
-    assert result.report["achieved"]["macs"] <= 0.5  # and the function check passed, or compress would raise
-    folder = tmp_path / "hf"
-    assert (folder / MODELING).is_file() and json.loads((folder / "config.json").read_text())["pruned_linears"]
-    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    x = padded()
-    slim = result.model.eval()
-    assert _widths(loaded) == [(a.num_heads * a.head_dim, layer.intermediate.dense.out_features) for layer, a in
-                               ((layer, layer.attention) for layer in slim.hf.bert.encoder.layer)]
+def test_the_command_line_compresses_a_local_hf_model_on_csv_text_into_a_from_pretrained_folder(tmp_path):
+    tiny().hf.save_pretrained(tmp_path / "model")
+    tokenizer().save_pretrained(tmp_path / "model")
+    data = write_csvs(tmp_path / "text", _sentences(256, 0), _sentences(96, 1))
+    out = tmp_path / "out"
+    assert main(["--quiet", "compress", "--model", f"hf:{tmp_path / 'model'}", "--data", f"csv:{data}",
+                 "--seq-len", "16", "--macs", "0.5", "--gate-epochs", "0.5", "--finetune-epochs", "0.5",
+                 "--round-to", "1", "--batch-size", "32", "--latency-runs", "2", "--bench-batch", "4",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["achieved"]["macs"] <= 0.5  # and the function check passed, or compress would have failed
+    assert (out / "hf" / MODELING).is_file() and json.loads((out / "hf" / "config.json").read_text())["pruned_linears"]
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(out / "hf", trust_remote_code=True)
     assert sum(w[0] for w in _widths(loaded)) < 2 * TINY["hidden_size"]  # heads went
-    torch.testing.assert_close(_logits(loaded, x), slim(x), rtol=1e-5, atol=1e-6)
-    assert result.model(x).shape == model(x).shape
+    sess = session(out / "model.onnx")
+    for x in (padded(), padded(3, 16)):  # the folder and the ONNX file compute the same, padding included
+        np.testing.assert_allclose(_logits(loaded.eval(), x).detach().numpy(), sess.run(None, {"input": x.numpy()})[0],
+                                   atol=1e-5)
 
 
 def test_a_reloaded_slim_model_saves_again_unchanged(tmp_path):

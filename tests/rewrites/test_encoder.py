@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import ibprune
-from ibprune.models.text import TextClassifier, pack
+from ibprune.data.text import pack
+from ibprune.models.text import TextClassifier
 from ibprune.outputs.onnx import export_onnx, session
 from ibprune.rewrites.encoder import EncoderAttention, split_encoder_heads
 
