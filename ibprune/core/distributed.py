@@ -59,8 +59,13 @@ def is_writer() -> bool:
 
 def restarted() -> int:
     """How many times ``torchrun``'s elastic agent has restarted this job (``--max-restarts``; 0 on the first
-    attempt and outside ``torchrun``). A restarted run resumes from its checkpoints."""
+    attempt and outside ``torchrun``)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def resuming(asked: bool) -> bool:
+    """Whether a run resumes from its checkpoints: when asked to, and always after a ``torchrun`` restart."""
+    return asked or restarted() > 0
 
 
 #: The environment ``torchrun --max-restarts`` needs for a restart to reconnect: with the c10d rendezvous's

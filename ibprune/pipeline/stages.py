@@ -249,10 +249,9 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
                  verbose=verbose and distributed.is_writer())
     if out_dir is not None:
         distributed.warn_if_not_restartable()
-        restarted = distributed.restarted()  # torchrun --max-restarts: a restarted job resumes
-        p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), cfg.resume or restarted > 0)
-        if restarted:
-            p.log(f"[ibprune] torchrun restart {restarted}: resuming from the stage checkpoints")
+        p.ckpt = Checkpoints(Path(out_dir) / "checkpoints", settings_identity(p), distributed.resuming(cfg.resume))
+        if distributed.restarted():
+            p.log(f"[ibprune] torchrun restart {distributed.restarted()}: resuming from the stage checkpoints")
     p.log(f"[ibprune] {len(groups)} channel groups, {sum(g.size for g in groups)} channels; "
           f"{cost_model.macs / 1e6:.2f} M MACs, {cost_model.params / 1e6:.3f} M params; "
           f"target {metric} <= {target:.3f}")

@@ -70,7 +70,7 @@ def compress_sweep(
     def folder(b: float) -> Path:
         return out / f"{metric}{b:.2f}"
 
-    resume = cfg.resume or distributed.restarted() > 0  # torchrun --max-restarts: a restarted sweep resumes
+    resume = distributed.resuming(cfg.resume)
     done = distributed.on_writer(lambda: {b: _read(folder(b) / "report.json") for b in budgets
                                           if resume and (folder(b) / "report.json").is_file()})
     pending = [b for b in budgets if b not in done]
