@@ -29,7 +29,8 @@ class Job(CompressConfig):
     data: str = _setting(MISSING, "'digits'; 'cifar10:<folder>' (the JPEG tarballs, torchvision's "
                                   "cifar-10-batches-py, or train/ + test/ class folders; decoded once, cached); or "
                                   "an ImageFolder root with train/ and val/ (or test/); for an hf: model, "
-                                  "'csv:<folder>' (train.csv and test.csv, columns text and label)", "data", str)
+                                  "'csv:<folder>' (train.csv and test.csv, columns text and label), "
+                                  "'20newsgroups' or 'rotten_tomatoes'", "data", str)
     seq_len: int = _setting(128, "text: tokens per example (truncated or padded; the MACs are counted at this "
                                  "length)", "data")
     input_size: int | None = _setting(None, "image side in pixels (required for an ImageFolder)", "data", int)
@@ -146,7 +147,7 @@ def run_job(job: Job, verbose: bool = True):
 
 
 def _text_job(job: Job, batch: int):
-    """The ``hf:`` model and the ``csv:`` data of a text job, tokenised by the model's own tokenizer."""
+    """The ``hf:`` model and the text data of a text job, tokenised by the model's own tokenizer."""
     from ibprune.data.text import text_loaders
     from ibprune.models.text import from_pretrained
 

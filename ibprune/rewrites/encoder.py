@@ -86,8 +86,10 @@ class EncoderAttention(HeadAttention):
 def _additive(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
     """``transformers``' attention mask as an additive float mask: its boolean masks mean True = attend (the
     opposite of ``nn.MultiheadAttention``'s), its float masks are additive already."""
-    if mask is None or mask.dtype != torch.bool:
-        return mask if mask is None else mask.to(q.dtype)
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        return mask.to(q.dtype)
     return torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, torch.finfo(q.dtype).min)
 
 
