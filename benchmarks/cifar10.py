@@ -106,14 +106,13 @@ from ibprune.core.costs import CostModel, count
 from ibprune.core.groups import find_groups
 from ibprune.core.prune import remove_channels
 from ibprune.core.rankers import DEPGRAPH_SL, GREG, Allocated, SparseLearning, allocation_cost, ranker
-from ibprune.core.train import SGDConfig, evaluate, fit, pick_device, steps_for
+from ibprune.core.train import OPTIMIZERS, OptimizerConfig, evaluate, fit, pick_device, steps_for
 from ibprune.data.cifar import TensorLoader, cifar10_loaders, load_cifar10
 from ibprune.files import atomic_path, write_figure, write_json, write_text
 from ibprune.models import cifar_resnet
 from ibprune.outputs import benchmark as bench
 from ibprune.outputs import onnx as export
 from ibprune.pipeline.checkpoints import Checkpoints
-from ibprune.pipeline.config import CompressConfig
 from ibprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +256,7 @@ def run_cell(args, method: str, budget: float | None, seed: int, work: Path) -> 
         net.to(device)
         ckpt = Checkpoints(work, {"method": "dense", "epochs": args.epochs, "lr": args.lr, "seed": seed}, resume=True)
         fit(net, train, steps_for(args.epochs, train), device,
-            SGDConfig(lr=args.lr, weight_decay=CompressConfig.weight_decay), desc="dense",
+            OptimizerConfig(lr=args.lr, weight_decay=OPTIMIZERS["sgd"][1]), desc="dense",
             checkpoint=ckpt.saver("finetune"), resume=ckpt.load("finetune"))
         resumed = ckpt.resumed[-1] if ckpt.resumed else None
         with atomic_path(teacher_path(args, seed)) as tmp:  # the teacher of --distill-dense

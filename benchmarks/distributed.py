@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     from cifar10 import pretrained
 
     from ibprune.core import distributed
-    from ibprune.core.train import SGDConfig, fit, pick_device
+    from ibprune.core.train import fit, pick_device
     from ibprune.data.cifar import cifar10_loaders
     from ibprune.pipeline.config import CompressConfig
 
@@ -64,8 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     train, _, _ = cifar10_loaders(SHARED / "data" / "cifar10-jpeg", distributed.per_rank_batch(args.batch), device,
                                   val_size=5000, seed=0)
     loader, model = distributed.shard_train(train, 0), pretrained(args.model)
-    defaults = CompressConfig()  # the fine-tune's own learning rate and weight decay
-    sgd = SGDConfig(lr=defaults.lr, weight_decay=defaults.weight_decay)
+    sgd = CompressConfig().for_model(False).weights()  # the fine-tune's own optimizer, learning rate, weight decay
     fit(model, loader, args.warmup, device, sgd, verbose=False)
     _barrier(dist, device)
     start = time.perf_counter()

@@ -32,10 +32,9 @@ from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import find_groups
 from ibprune.core.objective import GatePressure, calibrate_beta, train_gates
-from ibprune.core.train import evaluate, recalibrate_bn, steps_for
+from ibprune.core.train import OPTIMIZERS, OptimizerConfig, evaluate, recalibrate_bn, steps_for
 from ibprune.data.cifar import cifar10_loaders
 from ibprune.files import write_figure, write_json, write_text
-from ibprune.pipeline.config import CompressConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar10 import SHARED, pretrained  # noqa: E402  (the criteria benchmark's checkpoints)
@@ -78,7 +77,7 @@ def trace(model: str, budget: float, scale: float, seed: int, epochs: float, eve
 
     t0 = time.perf_counter()
     pressure = train_gates(net, gates, cost_model, train, CPU, budget, steps, beta=beta, round_to=round_to,
-                           lr=0.02, gate_lr=0.02, weight_decay=CompressConfig.weight_decay, on_step=look,
+                           weights=OptimizerConfig(0.02, OPTIMIZERS["sgd"][1]), gate_lr=0.02, on_step=look,
                            verbose=False)
     return {"scale": scale, "beta_explore": beta, "steps_planned": steps, "steps_taken": pressure.steps_taken,
             "switch": pressure.switch, "original_val_accuracy": start, "final_val_accuracy": evaluate(net, val, CPU),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ibprune.core.train import SGDConfig, fit, steps_for
+from ibprune.core.train import OptimizerConfig, fit, steps_for
 from ibprune.data.loaders import digits_loaders
 from ibprune.models.digits import DigitsNet
 
@@ -19,6 +19,6 @@ def pretrained_digits_net(num_classes: int = 10, epochs: float = 15.0, seed: int
     torch.manual_seed(seed)
     model = DigitsNet(num_classes)
     train, _ = digits_loaders(seed=seed)
-    fit(model, train, steps_for(epochs, train), torch.device("cpu"), SGDConfig(lr=0.05, weight_decay=5e-4),
+    fit(model, train, steps_for(epochs, train), torch.device("cpu"), OptimizerConfig(lr=0.05, weight_decay=5e-4),
         verbose=False)
     return model.eval()

@@ -24,8 +24,10 @@ of steps, and on a pretrained ResNet-20 the controller overshot and shut almost 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +35,9 @@ from ibprune.core import distributed
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.prune import plan, scores
+
+if TYPE_CHECKING:
+    from ibprune.core.train import OptimizerConfig
 
 #: The fraction of the gate phase spent exploring before the squeeze.
 EXPLORE = 0.5
@@ -126,11 +131,12 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
 
 
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
-                steps: int, *, lr: float, gate_lr: float, weight_decay: float, beta: float | None = None,
+                steps: int, *, weights: OptimizerConfig, gate_lr: float, beta: float | None = None,
                 round_to: int | str | None = None, per_cost: bool = False, explore: float = EXPLORE,
                 min_channels: int = 1, on_step: Callable[[int, GatePressure], None] | None = None,
                 ranking: Callable[[], dict[str, torch.Tensor]] | None = None, verbose: bool = True) -> GatePressure:
-    """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on SGD (constant lr).
+    """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on ``weights`` (at a
+    constant learning rate).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
@@ -140,7 +146,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
     and ``steps_taken`` the steps the phase ran.
     """
-    from ibprune.core.train import SGDConfig, fit, recalibrate_bn
+    from ibprune.core.train import fit, recalibrate_bn
 
     gates.train()
     model.train()
@@ -159,7 +165,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
             on_step(step, pressure)
         return shown
 
-    run = fit(model, loader, steps, device, SGDConfig(lr=lr, weight_decay=weight_decay, schedule="constant"),
+    run = fit(model, loader, steps, device, dataclasses.replace(weights, schedule="constant"),
               extra_optimizers=[gate_opt], penalty=pressure.loss, after_step=after_step, stop=pressure.done,
               desc="gates", verbose=verbose, also=gates)
     pressure.steps_taken = run["steps"]

@@ -26,7 +26,7 @@ from ibprune.core.groups import ChannelGroup, build_graph, classifier_layers
 from ibprune.core.modes import evaluating
 from ibprune.core.objective import EXPLORE, GatePressure, train_gates
 from ibprune.core.prune import plan, scores
-from ibprune.core.train import SGDConfig, batches, fit, steps_for
+from ibprune.core.train import batches, fit, steps_for
 from ibprune.errors import UnsupportedModelError
 
 
@@ -123,7 +123,7 @@ class IBRanker:
             return found if self.keep is None else allocated(found, self.keep)
 
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target, steps,
-                               beta=beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
+                               beta=beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
                                explore=0.0 if self.explored is not None else explore,
                                ranking=None if self.keep is None else ranked, verbose=job.verbose)
@@ -134,8 +134,8 @@ class IBRanker:
         depend on the budget): what ``IBRanker(explored=...)`` starts from, for each of several budgets."""
         cfg, gates = job.settings, job.gate()
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target,
-                               steps_for(epochs, job.loader), beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr,
-                               weight_decay=cfg.weight_decay, explore=1.0, verbose=job.verbose)
+                               steps_for(epochs, job.loader), beta=cfg.beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
+                               explore=1.0, verbose=job.verbose)
         gates.detach()
         return {"model": job.model.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
 
@@ -180,7 +180,7 @@ class Squeezed(_Scheduled):
         found = self.criterion.scores(job.model, job.example_input, job.groups, job.loader, job.device)
         steps = steps_for(cfg.gate_epochs, job.loader)
         pressure = train_gates(job.model, job.gate(), job.cost_model, job.loader, job.device, job.target, steps,
-                               beta=cfg.beta, lr=cfg.lr, gate_lr=cfg.gate_lr, weight_decay=cfg.weight_decay,
+                               beta=cfg.beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, explore=0.0,
                                ranking=lambda: found, verbose=job.verbose)
         return Ranking(found, found, _gate_report(pressure, steps))
@@ -291,7 +291,7 @@ class SparseLearning:
             return {}
 
         fit(job.model, job.loader, steps, job.device,
-            SGDConfig(lr=job.settings.lr if self.lr is None else self.lr, weight_decay=0.0, schedule="constant"),
+            replace(job.settings.weights("constant"), weight_decay=0.0, lr=self.lr or job.settings.lr),
             before_step=lambda: pruner.regularize(job.model), after_step=grow, desc=self.name, verbose=job.verbose)
         found = L2.scores(job.model, job.example_input, job.groups)
         return Ranking(found, found, dict(NO_GATE_PHASE))  # no gates: its phase is in settings()
@@ -328,7 +328,7 @@ class Gradual(_Scheduled):
             removed = plan(found, job.cost_model, aim, job.groups, cfg.round_to, cfg.min_channels)[0]
             with gates.shut(removed):
                 run = fit(job.model, job.loader, total * i // self.rounds - total * (i - 1) // self.rounds,
-                          job.device, SGDConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="constant"),
+                          job.device, cfg.weights("constant"),
                           desc=f"{self.name} {i}/{self.rounds}", verbose=job.verbose)
             taken += run["steps"]
         return Ranking(found, found, {**NO_GATE_PHASE, "steps": taken, "steps_planned": total})

@@ -1,7 +1,7 @@
 """One training loop for the gate phase and for fine-tuning, plus evaluation and BN recalibration.
 
-CUDA when available (bf16 autocast, channels_last), CPU otherwise. SGD with Nesterov momentum on the weights
-under a warm-up + cosine (or constant) schedule; extra optimizers (the gates' Adam) step alongside; optional
+CUDA when available (bf16 autocast, channels_last), CPU otherwise. SGD with Nesterov momentum (or AdamW) on the
+weights under a warm-up + cosine (or constant) schedule; extra optimizers (the gates' Adam) step alongside; optional
 knowledge distillation from a teacher (the original model).
 """
 
@@ -31,19 +31,29 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return distributed.local_device(torch.device(device))
 
 
+#: the weights' optimizers and their default (learning rate, weight decay): SGD with Nesterov momentum, what
+#: convolutional nets are trained with, and AdamW (decoupled weight decay), what transformers are fine-tuned with
+OPTIMIZERS = {"sgd": (0.01, 5e-4), "adamw": (5e-5, 0.01)}
+
+
 @dataclass
-class SGDConfig:
-    """Weights' optimizer: SGD + Nesterov momentum, warm-up then cosine (or constant) learning rate."""
+class OptimizerConfig:
+    """The weights' optimizer (``algorithm``: a key of ``OPTIMIZERS``) under a warm-up then cosine (or constant)
+    learning rate."""
 
     lr: float
     weight_decay: float
-    momentum: float = 0.9
+    algorithm: str = "sgd"
+    momentum: float = 0.9         # SGD's
     warmup: float = 0.05          # fraction of the steps spent ramping up linearly
     schedule: str = "cosine"      # "cosine" or "constant"
 
     def make(self, params: Iterable[nn.Parameter], steps: int):
-        opt = torch.optim.SGD(list(params), lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
-                              weight_decay=self.weight_decay)
+        if self.algorithm == "adamw":
+            opt = torch.optim.AdamW(list(params), lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.SGD(list(params), lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
+                                  weight_decay=self.weight_decay)
         warm = max(1, int(self.warmup * steps))
 
         def factor(step: int) -> float:
@@ -122,14 +132,14 @@ class _Stream:
         set_rng_state({k: v for k, v in now.items() if k != "loader"})
 
 
-def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConfig | None = None, *,
+def fit(model: nn.Module, loader, steps: int, device: torch.device, optimizer: OptimizerConfig | None = None, *,
         extra_optimizers: Iterable[torch.optim.Optimizer] = (), penalty: Callable[[], torch.Tensor] | None = None,
         after_step: Callable[[int], dict] | None = None, teacher: nn.Module | None = None,
         distill_weight: float = 0.5, temperature: float = 4.0, desc: str = "train", verbose: bool = True,
         checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
         checkpoint_every: int | None = None, stop: Callable[[], bool] | None = None,
         before_step: Callable[[], None] | None = None, also: nn.Module | None = None) -> dict:
-    """Train ``model`` for ``steps`` batches; ``sgd=None`` freezes the weights (only extra optimizers step).
+    """Train ``model`` for ``steps`` batches; ``optimizer=None`` freezes the weights (only extra optimizers step).
 
     ``penalty()`` is added to the task loss each step; ``after_step(step)`` runs after the optimizers and may
     return numbers to show in the progress bar; ``stop()``, asked after each step, ends the run early when it
@@ -147,7 +157,7 @@ def fit(model: nn.Module, loader, steps: int, device: torch.device, sgd: SGDConf
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    t = _Training(model, loader, steps, sgd, extra_optimizers, before_step)
+    t = _Training(model, loader, steps, optimizer, extra_optimizers, before_step)
     net = distributed.data_parallel(model, also, device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -190,12 +200,12 @@ class _Training:
     """What one ``fit`` changes as it runs: the weights, the optimizers, the data position and the running sums;
     ``snapshot`` saves all of it (with the random state) and ``restore`` puts it back."""
 
-    def __init__(self, model: nn.Module, loader, steps: int, sgd: SGDConfig | None,
+    def __init__(self, model: nn.Module, loader, steps: int, optimizer: OptimizerConfig | None,
                  extra: Iterable[torch.optim.Optimizer], before_step: Callable[[], None] | None = None) -> None:
         self.model, self.extra, self.before_step = model, list(extra), before_step
         self.opt = self.sched = None
-        if sgd is not None:
-            self.opt, self.sched = sgd.make((p for p in model.parameters() if p.requires_grad), steps)
+        if optimizer is not None:
+            self.opt, self.sched = optimizer.make((p for p in model.parameters() if p.requires_grad), steps)
         self.stream = _Stream(loader)
         self.step, self.sums, self.nan_recoveries = 0, [0.0, 0, 0], 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ibprune.core.prune import INT8_FLOOR
 from ibprune.core.rankers import ranker
+from ibprune.core.train import OPTIMIZERS, OptimizerConfig
 from ibprune.errors import BudgetError, InputError
 
 
@@ -53,9 +54,13 @@ class CompressConfig:
     finetune_epochs: float = _setting(5.0, "epochs of fine-tuning after pruning", "train")
     adapt_epochs: float = _setting(0.0, "first fine-tune the dense model this long (a model trained on other "
                                         "data than yours)", "train")
-    lr: float = _setting(0.01, "peak SGD learning rate of the weights", "train")
+    optimizer: str = _setting("auto", "the weights' optimizer: sgd (Nesterov momentum), adamw, or auto: adamw for a "
+                                      "transformers model (what they are fine-tuned with), sgd otherwise", "train")
+    lr: float | None = _setting(None, "peak learning rate of the weights (default: the optimizer's, 0.01 for sgd, "
+                                      "5e-5 for adamw)", "train", float)
     gate_lr: float = _setting(0.02, "Adam learning rate of the gates", "train")
-    weight_decay: float = _setting(5e-4, "SGD weight decay of the weights (the gates have none)", "train")
+    weight_decay: float | None = _setting(None, "weight decay of the weights, the gates have none (default: the "
+                                                "optimizer's, 5e-4 for sgd, 0.01 for adamw)", "train", float)
     beta: float | None = _setting(None, "fixed IB weight of the explore phase (default: set automatically)",
                                   "train", float)
     distill: Any = _setting(False, "fine-tune with distillation from the original (from the adapted model "
@@ -104,11 +109,13 @@ class CompressConfig:
             elif not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
                 raise InputError(f"{f.name} must be a {kind.__name__}, got {value!r}")
         for name in ("gate_epochs", "finetune_epochs", "adapt_epochs", "lr", "gate_lr", "weight_decay"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         ranker(self.criterion)  # a name it does not know: ValueError naming the known ones
         if isinstance(self.round_to, int) and self.round_to < 1:
             raise InputError(f"round_to must be >= 1 (or None), got {self.round_to!r}")
+        if self.optimizer not in ("auto", *OPTIMIZERS):
+            raise InputError(f"optimizer must be auto, {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.quantize not in (None, "int8"):
             raise InputError(f"quantize must be 'int8' or None, got {self.quantize!r}")
         if not 0 <= self.int8_tolerance < 1:
@@ -125,6 +132,19 @@ class CompressConfig:
             raise InputError(f"unknown setting(s) {', '.join(unknown)}; the settings are: "
                              f"{', '.join(f.name for f in dataclasses.fields(cls))}")
         return cls(**settings)
+
+    def for_model(self, transformer: bool) -> CompressConfig:
+        """These settings with the optimizer's defaults filled in: ``auto`` is AdamW for a ``transformer``."""
+        algorithm = self.optimizer if self.optimizer != "auto" else "adamw" if transformer else "sgd"
+        lr, decay = OPTIMIZERS[algorithm]
+        return dataclasses.replace(self, optimizer=algorithm, lr=lr if self.lr is None else self.lr,
+                                   weight_decay=decay if self.weight_decay is None else self.weight_decay)
+
+    def weights(self, schedule: str = "cosine") -> OptimizerConfig:
+        """The weights' optimizer (after ``for_model``)."""
+        if self.lr is None or self.weight_decay is None or self.optimizer == "auto":
+            raise ValueError("the optimizer's defaults are not filled in: call for_model first")
+        return OptimizerConfig(self.lr, self.weight_decay, self.optimizer, schedule=schedule)
 
     def budget(self) -> tuple[str, float]:
         """``("macs" | "params" | "latency", fraction)``: exactly one budget must be set, in (0, 1)."""

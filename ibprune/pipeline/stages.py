@@ -34,7 +34,7 @@ from ibprune.core.groups import ChannelGroup, find_groups
 from ibprune.core.modes import evaluating, rng_state, set_rng_state
 from ibprune.core.prune import block_sizes, coarsest_block, preflight, prune_to_budget, remove_channels
 from ibprune.core.rankers import Ranker, RankJob, ranker
-from ibprune.core.train import SGDConfig, count, fit, pick_device, recalibrate_bn, steps_for
+from ibprune.core.train import count, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
 from ibprune.files import write_json
 from ibprune.models.text import TextClassifier
@@ -239,6 +239,7 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
     teacher = copy.deepcopy(cfg.distill).eval() if isinstance(cfg.distill, nn.Module) else None
     if teacher is not None:
         check_teacher(teacher.to(dev), classes, example_input)
+    cfg = cfg.for_model(any(type(m).__module__.startswith("transformers.") for m in model.modules()))
     chosen = ranker(cfg.criterion)
     if not chosen.trains_gates:  # a criterion ranks without a gate phase
         cfg = dataclasses.replace(cfg, gate_epochs=0.0)
@@ -277,7 +278,8 @@ def settings_identity(p: Prepared) -> dict:
     """What a resumed run must share with the run it finishes (``Checkpoints`` compares it)."""
     cfg = p.cfg
     return {"budget": {p.metric: p.target}, "gate_epochs": cfg.gate_epochs, "finetune_epochs": cfg.finetune_epochs,
-            "adapt_epochs": cfg.adapt_epochs, "lr": cfg.lr, "gate_lr": cfg.gate_lr, "weight_decay": cfg.weight_decay,
+            "adapt_epochs": cfg.adapt_epochs, "optimizer": cfg.optimizer, "lr": cfg.lr, "gate_lr": cfg.gate_lr,
+            "weight_decay": cfg.weight_decay,
             "beta": cfg.beta, "distill": p.distill_name, "round_to": cfg.round_to, "rank_per_cost": cfg.rank_per_cost,
             "seed": cfg.seed, **p.ranker.settings(), "train_batches": len(p.train),
             "world_size": distributed.world_size(), "sync_bn": cfg.sync_bn,
@@ -317,7 +319,7 @@ def adapt_dense(model: nn.Module, loader, device: torch.device, ckpt: Checkpoint
     into ``ckpt``, which a resumed run restores instead of training again."""
     if cfg.adapt_epochs:
         fit(model, loader, steps_for(cfg.adapt_epochs, loader), device,
-            SGDConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), desc="adapt", verbose=verbose,
+            cfg.weights(), desc="adapt", verbose=verbose,
             checkpoint=ckpt.saver("adapt"), resume=ckpt.load("adapt"))
         model.eval()
 
@@ -411,7 +413,7 @@ def finetune(p: Prepared, run: Run) -> Tuned:
           f"(function check max diff {pruned.max_abs_diff:.2g}); accuracy {_fmt(pruned.accuracy)}")
     steps = (steps_for(p.cfg.finetune_epochs, p.train)
              + gate_report.get("steps_planned", gate_report["steps"]) - gate_report["steps"])
-    tuned = fit(pruned.model, p.train, steps, p.device, SGDConfig(lr=p.cfg.lr, weight_decay=p.cfg.weight_decay),
+    tuned = fit(pruned.model, p.train, steps, p.device, p.cfg.weights(),
                 teacher=run.teacher, desc="finetune", verbose=p.verbose, checkpoint=p.ckpt.saver("finetune"),
                 resume=p.ckpt.load("finetune"))
     distributed.plain_batchnorm(pruned.model.eval())
@@ -475,7 +477,8 @@ def write_report(p: Prepared, run: Run) -> dict:
                    information_nats={g.name: float(pruned.information[g.name].sum()) for g in p.groups}
                    if p.ranker.trains_gates else None),
         finetune={"epochs": cfg.finetune_epochs, "steps": run.finetune.steps, "distill": p.distill_name,
-                  "lr": cfg.lr, "nan_recoveries": run.finetune.nan_recoveries},
+                  "optimizer": cfg.optimizer, "lr": cfg.lr,
+                  "nan_recoveries": run.finetune.nan_recoveries},
         robustness=run.robustness, latency_budget=pruned.latency, int8=_int8_entry(p, run),
         resumed_from=p.ckpt.resumed[-1] if p.ckpt.resumed else None, notes=_notes(p, run), timings=run.timings,
         device=p.device)

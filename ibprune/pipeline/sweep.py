@@ -112,10 +112,12 @@ def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, exa
     t0 = time.perf_counter()
     p = prepare(model, train_loader, None, cfg, example_input=example_input, ignored_layers=ignored_layers,
                 verbose=verbose)
+    cfg = p.cfg  # with the optimizer's defaults filled in
     setup = time.perf_counter() - t0  # the explore's share of the preamble (the adapt epochs are not)
     p.ckpt = Checkpoints(out / "checkpoints", {
         "metric": p.metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
-        "gate_lr": cfg.gate_lr, "beta": cfg.beta, "seed": cfg.seed, "train_batches": len(p.train),
+        "optimizer": cfg.optimizer, "gate_lr": cfg.gate_lr, "beta": cfg.beta, "seed": cfg.seed,
+        "train_batches": len(p.train),
         "world_size": distributed.world_size(), "model": {k: list(v.shape) for k, v in model.state_dict().items()}},
         cfg.resume)
     adapt_dense(p.work, p.train, p.device, p.ckpt, cfg, p.verbose)

@@ -86,8 +86,7 @@ def test_the_squeeze_shuts_every_channel_the_budget_removes():
     cpu = torch.device("cpu")
     seen = []
     pressure = train_gates(net, gates, cost_model, train, cpu, 0.5, steps=240, round_to=1, verbose=False,
-                           lr=CompressConfig.lr, gate_lr=CompressConfig.gate_lr,
-                           weight_decay=CompressConfig.weight_decay,
+                           weights=CompressConfig().for_model(False).weights(), gate_lr=CompressConfig.gate_lr,
                            on_step=lambda step, p: seen.append((step, p.removal is not None)))
     assert pressure.removal and pressure.open_to_remove() == 0
     assert [s for s, _ in seen] == list(range(pressure.steps_taken)) and seen[-1][1] and not seen[0][1]

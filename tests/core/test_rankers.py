@@ -100,11 +100,13 @@ def _sparse_learning(net, loader, **kw):
 
     from ibprune.core.costs import CostModel
     from ibprune.core.rankers import RankJob, SparseLearning
+    from ibprune.pipeline.config import CompressConfig
 
     torch.manual_seed(0)
     net, x = copy.deepcopy(net), torch.randn(1, 1, 8, 8)
     _, groups = find_groups(net, x)
-    job = RankJob(net, groups, CostModel(net, x, groups), x, loader, torch.device("cpu"), 0.5, None, verbose=False)
+    job = RankJob(net, groups, CostModel(net, x, groups), x, loader, torch.device("cpu"), 0.5,
+                  CompressConfig(macs=0.5).for_model(False), verbose=False)
     return net, SparseLearning("sl", lr=0.05, epochs=2.0, **kw).rank(job)
 
 
@@ -173,7 +175,7 @@ def test_the_squeeze_shuts_the_channels_of_the_criterions_plan(digits_net, rando
     x, loader = torch.randn(1, 1, 8, 8), random_loader(n=256, batch=4)
     _, groups = find_groups(digits_net, x)
     cost_model = CostModel(digits_net, x, groups)
-    cfg = CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1)
+    cfg = CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1).for_model(False)
     job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), 0.5, cfg, verbose=False)
     removal = plan(L1.scores(digits_net, x, groups), cost_model, 0.5, groups, 1)[0]
     Squeezed(L1).rank(job)
@@ -191,7 +193,7 @@ def test_ib_one_shot_explores_half_the_gate_phase_and_prunes_without_a_squeeze(d
     x, loader = torch.randn(1, 1, 8, 8), random_loader(n=64)
     _, groups = find_groups(digits_net, x)
     job = RankJob(digits_net, groups, CostModel(digits_net, x, groups), x, loader, torch.device("cpu"), 0.5,
-                  CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1), verbose=False)
+                  CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1).for_model(False), verbose=False)
     assert ranker("ib_oneshot") == IBRanker(squeeze=False)
     report = IBRanker(squeeze=False).rank(job).report
     assert report["steps"] == len(loader) // 2 and report["steps_planned"] == len(loader)  # the rest fine-tunes
@@ -214,7 +216,7 @@ def test_a_gradual_criterion_prunes_in_rounds_on_torch_prunings_linear_schedule(
     _, groups = find_groups(digits_net, x)
     cost_model = CostModel(digits_net, x, groups)
     job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), 0.4,
-                  CompressConfig(macs=0.4, gate_epochs=1.0, round_to=1), verbose=False)
+                  CompressConfig(macs=0.4, gate_epochs=1.0, round_to=1).for_model(False), verbose=False)
     before = {k: v.clone() for k, v in digits_net.state_dict().items()}
     ranking = Gradual(rankers.ranker(criterion), rounds=3).rank(job)
     assert aims == pytest.approx([0.8, 0.6, 0.4])  # a fifth of the cost, then two, then the budget's three fifths
@@ -274,7 +276,7 @@ def test_ib_at_given_widths_squeezes_and_ranks_by_its_own_information(digits_net
     cost_model, keep = CostModel(digits_net, x, groups), _widths(groups, 0)
     target = allocation_cost(cost_model, groups, keep)
     job = RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), target,
-                  CompressConfig(macs=target, gate_epochs=1.0, round_to=1), verbose=False)
+                  CompressConfig(macs=target, gate_epochs=1.0, round_to=1).for_model(False), verbose=False)
     squeezed, real = [], rankers.train_gates
     monkeypatch.setattr(rankers, "train_gates", lambda *a, **k: squeezed.append(k["ranking"]) or real(*a, **k))
     ranking = Allocated(IBRanker(), keep).rank(job)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ibprune.core.train import SGDConfig, distillation_loss, evaluate, fit, pick_device, recalibrate_bn, steps_for
+from ibprune.core.train import OptimizerConfig, distillation_loss, evaluate, fit, pick_device, recalibrate_bn, steps_for
 
 
 def test_pick_device():
@@ -12,10 +12,21 @@ def test_pick_device():
 def test_fit_learns_and_evaluate_measures(digits_net, random_loader):
     loader = random_loader(n=32, batch=8)
     cpu = torch.device("cpu")
-    before = fit(digits_net, loader, 1, cpu, SGDConfig(lr=0.0, weight_decay=5e-4), verbose=False)["loss"]
-    stats = fit(digits_net, loader, 60, cpu, SGDConfig(lr=0.05, weight_decay=0.0), verbose=False)
+    before = fit(digits_net, loader, 1, cpu, OptimizerConfig(lr=0.0, weight_decay=5e-4), verbose=False)["loss"]
+    stats = fit(digits_net, loader, 60, cpu, OptimizerConfig(lr=0.05, weight_decay=0.0), verbose=False)
     assert stats["steps"] == 60 and stats["loss"] < before
     assert evaluate(digits_net, loader, cpu) > 0.5  # memorises 32 random labels
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_each_optimizer_learns(digits_net, random_loader, algorithm):
+    loader, cpu = random_loader(n=32, batch=8), torch.device("cpu")
+    before = evaluate(digits_net, loader, cpu)
+    fit(digits_net, loader, 60, cpu, OptimizerConfig(0.05 if algorithm == "sgd" else 0.01, 0.0, algorithm),
+        verbose=False)
+    assert evaluate(digits_net, loader, cpu) > max(0.5, before)
+    opt, _ = OptimizerConfig(1e-3, 0.01, algorithm).make(digits_net.parameters(), 10)
+    assert type(opt).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[algorithm]
 
 
 def test_stop_ends_a_run_early(digits_net, random_loader):
@@ -27,7 +38,7 @@ def test_stop_ends_a_run_early(digits_net, random_loader):
 
     saved = []
     stats = fit(digits_net, random_loader(n=32, batch=8), 10, torch.device("cpu"),
-                SGDConfig(lr=0.01, weight_decay=5e-4), stop=stop, checkpoint=saved.append, verbose=False)
+                OptimizerConfig(lr=0.01, weight_decay=5e-4), stop=stop, checkpoint=saved.append, verbose=False)
     assert stats["steps"] == 3 and len(calls) == 3
     assert saved[-1]["step"] == 3  # the state where it stopped is checkpointed, as at a normal end
 
@@ -62,7 +73,7 @@ def test_a_nan_loss_that_persists_stops_training(digits_net, random_loader):
     import pytest
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        fit(digits_net, random_loader(), 2, torch.device("cpu"), SGDConfig(lr=0.01, weight_decay=5e-4),
+        fit(digits_net, random_loader(), 2, torch.device("cpu"), OptimizerConfig(lr=0.01, weight_decay=5e-4),
             penalty=lambda: torch.tensor(float("nan")), verbose=False)
 
 

@@ -51,6 +51,7 @@ def test_the_command_line_compresses_a_local_hf_model_on_csv_text_into_a_from_pr
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["achieved"]["macs"] <= 0.5  # and the function check passed, or compress would have failed
+    assert report["finetune"]["optimizer"] == "adamw"  # what transformers are fine-tuned with, by default
     assert (out / "hf" / MODELING).is_file() and json.loads((out / "hf" / "config.json").read_text())["pruned_linears"]
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(out / "hf", trust_remote_code=True)
     assert sum(w[0] for w in _widths(loaded)) < 2 * TINY["hidden_size"]  # heads went

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ibprune import compress
-from ibprune.core.train import SGDConfig, fit
+from ibprune.core.train import OptimizerConfig, fit
 from ibprune.errors import InputError
 from ibprune.pipeline.checkpoints import Checkpoints
 
@@ -40,7 +40,7 @@ def test_fit_resumed_mid_epoch_equals_an_uninterrupted_fit(digits_net):
     """Saved every 3 steps (not a pass boundary): data order, noise and optimizer state continue exactly."""
     reference, interrupted = copy.deepcopy(digits_net), copy.deepcopy(digits_net)
     torch.manual_seed(5)
-    fit(reference, _shuffled_loader(), 12, CPU, SGDConfig(lr=0.05, weight_decay=5e-4), verbose=False)
+    fit(reference, _shuffled_loader(), 12, CPU, OptimizerConfig(lr=0.05, weight_decay=5e-4), verbose=False)
 
     saved = []
     torch.manual_seed(5)
@@ -50,13 +50,13 @@ def test_fit_resumed_mid_epoch_equals_an_uninterrupted_fit(digits_net):
             saved.append(copy.deepcopy(state))
             if state["step"] == 9:
                 raise KeyboardInterrupt  # the run dies right after its checkpoint at step 9
-        fit(interrupted, loader, 12, CPU, SGDConfig(lr=0.05, weight_decay=5e-4), checkpoint=keep, checkpoint_every=3,
-            verbose=False)
+        fit(interrupted, loader, 12, CPU, OptimizerConfig(lr=0.05, weight_decay=5e-4), checkpoint=keep,
+            checkpoint_every=3, verbose=False)
     assert [s["step"] for s in saved] == [3, 6, 9]
 
     resumed = copy.deepcopy(digits_net)  # a fresh process: new model, new loader, other random state
     torch.manual_seed(123)
-    fit(resumed, _shuffled_loader(), 12, CPU, SGDConfig(lr=0.05, weight_decay=5e-4), resume=saved[1],
+    fit(resumed, _shuffled_loader(), 12, CPU, OptimizerConfig(lr=0.05, weight_decay=5e-4), resume=saved[1],
         checkpoint_every=3, verbose=False)
     assert _same_weights(resumed, reference)
 
@@ -68,7 +68,7 @@ def test_a_nan_loss_rolls_back_once_and_halves_the_learning_rate(digits_net, ran
         calls["n"] += 1
         return torch.tensor(float("nan") if calls["n"] == 7 else 0.0)
 
-    stats = fit(digits_net, random_loader(n=32, batch=8), 10, CPU, SGDConfig(lr=0.05, weight_decay=5e-4),
+    stats = fit(digits_net, random_loader(n=32, batch=8), 10, CPU, OptimizerConfig(lr=0.05, weight_decay=5e-4),
                 penalty=penalty, verbose=False)
     assert stats["nan_recoveries"] == 1 and stats["steps"] == 10
     assert all(torch.isfinite(p).all() for p in digits_net.parameters())
@@ -77,7 +77,7 @@ def test_a_nan_loss_rolls_back_once_and_halves_the_learning_rate(digits_net, ran
 
 def test_a_second_nan_stops_with_an_error(digits_net, random_loader):
     with pytest.raises(FloatingPointError, match="again after halving the learning rate"):
-        fit(digits_net, random_loader(), 4, CPU, SGDConfig(lr=0.01, weight_decay=5e-4),
+        fit(digits_net, random_loader(), 4, CPU, OptimizerConfig(lr=0.01, weight_decay=5e-4),
             penalty=lambda: torch.tensor(float("nan")), verbose=False)
 
 

@@ -6,6 +6,7 @@ import pytest
 import ibprune
 from ibprune.cli import _parser
 from ibprune.core.prune import INT8_FLOOR, auto_block
+from ibprune.core.train import OPTIMIZERS, OptimizerConfig
 from ibprune.errors import BudgetError, InputError
 from ibprune.pipeline.config import CompressConfig, settings_fields
 from ibprune.recipe import Job, load_recipe
@@ -38,7 +39,7 @@ def test_the_api_has_no_defaults_of_its_own():
 def test_compress_runs_on_the_configs_defaults(digits_net, random_loader):
     rep = ibprune.compress(digits_net, random_loader(), macs=0.6, verbose=False, latency_runs=3,
                            bench_batch=4).report
-    assert rep["finetune"]["lr"] == CompressConfig.lr and rep["finetune"]["epochs"] == CompressConfig.finetune_epochs
+    assert rep["finetune"]["lr"] == OPTIMIZERS["sgd"][0] and rep["finetune"]["epochs"] == CompressConfig.finetune_epochs
     assert rep["gates"]["epochs"] == CompressConfig.gate_epochs and rep["criterion"] == CompressConfig.criterion
     assert CompressConfig.round_to == "auto"
     assert all(v["kept"] % auto_block(v["total"]) == 0 for v in rep["pruned_channels"].values())
@@ -52,10 +53,20 @@ def test_compress_runs_on_the_configs_defaults(digits_net, random_loader):
     ({"macs": 0.5, "round_to": "fast"}, InputError, "round_to must be a whole number or 'auto'"),
     ({"macs": 0.5, "criterion": "magic"}, ValueError, "unknown criterion"),
     ({"macs": 1.5}, BudgetError, "fraction in \\(0, 1\\)"),
+    ({"macs": 0.5, "optimizer": "adam"}, InputError, "optimizer must be auto, sgd or adamw"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(settings, error, message):
     with pytest.raises(error, match=message):
         ibprune.compress(None, None, **settings)
+
+
+def test_the_optimizer_and_its_defaults_follow_the_model_unless_given():
+    assert CompressConfig(macs=0.5).for_model(True).weights() == OptimizerConfig(*OPTIMIZERS["adamw"], "adamw")
+    assert CompressConfig(macs=0.5).for_model(False).weights() == OptimizerConfig(*OPTIMIZERS["sgd"], "sgd")
+    given = CompressConfig(macs=0.5, optimizer="sgd", lr=0.1).for_model(True)
+    assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.1, OPTIMIZERS["sgd"][1])
+    with pytest.raises(ValueError, match="for_model"):
+        CompressConfig(macs=0.5).weights()
 
 
 def test_a_job_inherits_every_setting_and_its_default():
