@@ -84,8 +84,10 @@ def load_recipe(path: str | Path) -> Job:
     # relative paths in a recipe are relative to the recipe's folder
     if values.get("weights"):
         values["weights"] = _beside(path, values["weights"])
+    if values["model"].startswith("hf:") and Path(path.parent, values["model"][3:]).is_dir():
+        values["model"] = "hf:" + _beside(path, values["model"][3:])  # else a hub name, or a folder from ~
     prefix, _, rest = values["data"].rpartition(":")
-    if values["data"] != "digits":
+    if values["data"] not in ("digits", *SOURCES[1:]):  # a folder, not a dataset by name
         values["data"] = (prefix + ":" if prefix else "") + _beside(path, rest)
     return Job(**values)
 

@@ -94,3 +94,19 @@ def test_a_list_of_budgets_is_a_sweep(tmp_path):
     path.write_text(path.read_text().replace("[0.7, 0.5]", '[0.7, "a"]'))
     with pytest.raises(RecipeError, match="macs must be a float"):
         load_recipe(path)
+
+
+def test_the_minilm_recipe_loads_with_its_dataset_by_name():
+    job = load_recipe("pipelines/minilm_20newsgroups.toml")
+    assert job.model == "hf:~/.cache/ibprune/text/minilm-20newsgroups" and job.data == "20newsgroups"
+    assert job.seq_len == 128 and job.optimizer == "auto" and job.quantize == "int8"
+
+
+def test_a_local_hf_folder_is_relative_to_the_recipe(tmp_path):
+    (tmp_path / "encoder").mkdir()
+    text = '[model]\nspec = "hf:encoder"\n[data]\nsource = "rotten_tomatoes"\n[budget]\nmacs = 0.5\n' \
+           '[output]\ndir = "out"\n'
+    job = load_recipe(_write(tmp_path, text))
+    assert job.model == f"hf:{tmp_path / 'encoder'}" and job.data == "rotten_tomatoes"
+    hub = load_recipe(_write(tmp_path, text.replace("hf:encoder", "hf:org/model")))
+    assert hub.model == "hf:org/model"  # no such folder: a hub name, as given

@@ -38,6 +38,7 @@ def from_pretrained(source: str, num_classes: int | None = None) -> tuple[TextCl
     except ImportError:
         raise ValueError("a Hugging Face model needs the [text] extra: pip install 'ibprune[text]'") from None
     extra = {} if num_classes is None else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    source = str(Path(source).expanduser()) if source.startswith("~") else source
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -1,12 +1,15 @@
-"""INT8 deployment: onnxruntime's static post-training quantization of an exported model, checked on data.
+"""INT8 deployment: onnxruntime's post-training quantization of an exported model, checked on data.
 
-``quantize_int8`` writes a QDQ model (per-channel int8 weights, uint8 activations calibrated on training batches,
-never the validation data) after onnxruntime's ``quant_pre_process``. ``quantize_checked`` measures the int8 file's
-accuracy in onnxruntime against the float32 file's and, while it loses more than the tolerance, tries the
-fallbacks onnxruntime's documentation gives, in order: another calibration method (Entropy, Percentile), the
-first convolution and the classifier kept in float32, and ``reduce_range`` where the CPU lacks VNNI (without
-it the u8s8 kernels can saturate). Every attempt is reported; when none meets the tolerance the last file is
-still written but flagged, never presented as good.
+``quantize_int8`` writes a static QDQ model (per-channel int8 weights, uint8 activations calibrated on training
+batches, never the validation data) after onnxruntime's ``quant_pre_process``, or, for a ``dynamic`` recipe,
+onnxruntime's dynamic quantization (int8 weights of the matrix products, activations quantized at run time from
+their own range: what onnxruntime recommends for transformers, whose activation ranges vary by input).
+``quantize_checked`` measures the int8 file's accuracy in onnxruntime against the float32 file's and, while it
+loses more than the tolerance, tries the fallbacks onnxruntime's documentation gives, in order: another
+calibration method (Entropy, Percentile), the first convolution and the classifier kept in float32, and
+``reduce_range`` where the CPU lacks VNNI (without it the u8s8 kernels can saturate). A network without
+convolutions tries dynamic quantization first. Every attempt is reported; when none meets the tolerance the
+last file is still written but flagged, never presented as good.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    quantize_dynamic,
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -40,10 +44,11 @@ _LOG = logging.getLogger("ibprune")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One way to quantize: the calibration method, the nodes kept in float32, reduced-range weights, and
-    signed activations (int8 instead of uint8; not a fallback: kept for comparing kernels)."""
+    """One way to quantize: the calibration method (``dynamic``: none, the activations' ranges are read at run
+    time), the nodes kept in float32, reduced-range weights, and signed activations (int8 instead of uint8; not
+    a fallback: kept for comparing kernels)."""
 
-    method: str = "MinMax"
+    method: str = "MinMax"     # a CalibrationMethod, or "dynamic"
     keep_edges: bool = False   # the first convolution and the classifier stay float32
     reduce_range: bool = False
     signed_activations: bool = False
@@ -71,10 +76,11 @@ class Int8Result:
 
 
 def calibration_inputs(loader, images: int) -> list[np.ndarray]:
-    """Up to ``images`` inputs from ``loader``'s batches (the training data), as float32 arrays."""
+    """Up to ``images`` inputs from ``loader``'s batches (the training data), as float32 arrays (integer inputs,
+    token ids, as they are)."""
     out, seen = [], 0
     for x, _ in loader:
-        x = x[: images - seen].detach().cpu().float().numpy()
+        x = widened(x[: images - seen].detach().cpu(), torch.float32).numpy()
         out.append(x)
         seen += len(x)
         if seen >= images:
@@ -105,8 +111,10 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike, calibration: list[np.ndarray],
-                  recipe: Recipe = Recipe()) -> Path:
-    """A static QDQ int8 copy of ``fp32`` at ``out`` (per-channel int8 weights, uint8 activations), atomically."""
+                  recipe: Recipe | None = None) -> Path:
+    """An int8 copy of ``fp32`` at ``out``, atomically: by ``recipe``, else by the first of ``fallbacks`` (static
+    QDQ, per-channel int8 weights and uint8 activations, for a convolutional net; dynamic for a transformer)."""
+    recipe = recipe or fallbacks(convolutional=convolutional(fp32))[0]
     with _prepared(fp32) as prepared:
         return _quantize(prepared, out, calibration, recipe)
 
@@ -117,7 +125,9 @@ def _prepared(fp32: str | os.PathLike):
     folder: the path and the loaded model."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
+        # auto_merge: a text model's sequence axis meets axes of other symbolic names (the mask's, the
+        # positions'); the symbolic shape inference merges them instead of giving up
+        quant_pre_process(str(fp32), str(prepared), auto_merge=True)
         yield prepared, onnx.load(str(prepared))
 
 
@@ -125,6 +135,12 @@ def _quantize(prepared: tuple[Path, onnx.ModelProto], out: str | os.PathLike, ca
               recipe: Recipe) -> Path:
     path, model = prepared
     name = model.graph.input[0].name
+    excluded = _edges(model) if recipe.keep_edges else None
+    if recipe.method == "dynamic":
+        with atomic_path(out, suffix=".onnx") as target:
+            quantize_dynamic(str(path), str(target), per_channel=True, reduce_range=recipe.reduce_range,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+        return Path(out)
     # the calibrators print their histogram settings: the library logs, it does not print
     with atomic_path(out, suffix=".onnx") as target, contextlib.redirect_stdout(io.StringIO()):
         # uint8 activations and int8 weights: the pairing onnxruntime's x86 int8 (VNNI) kernels are built for
@@ -135,7 +151,7 @@ def _quantize(prepared: tuple[Path, onnx.ModelProto], out: str | os.PathLike, ca
                         per_channel=True, reduce_range=recipe.reduce_range, activation_type=activations,
                         weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, recipe.method),
-                        nodes_to_exclude=_edges(model) if recipe.keep_edges else None)
+                        nodes_to_exclude=excluded)
     return Path(out)
 
 
@@ -155,11 +171,18 @@ def has_vnni() -> bool | None:
     return "vnni" in flags
 
 
-def fallbacks(vnni: bool | None = None) -> list[Recipe]:
-    """The recipes tried in order; ``reduce_range`` only where the CPU may lack VNNI."""
+def fallbacks(vnni: bool | None = None, convolutional: bool = True) -> list[Recipe]:
+    """The recipes tried in order; ``reduce_range`` only where the CPU may lack VNNI. A network without
+    convolutions (a transformer) tries dynamic quantization first."""
     vnni = has_vnni() if vnni is None else vnni
     tried = [Recipe("MinMax"), Recipe("Entropy"), Recipe("Percentile"), Recipe("MinMax", keep_edges=True)]
-    return tried + ([] if vnni else [Recipe("MinMax", keep_edges=True, reduce_range=True)])
+    first = [] if convolutional else [Recipe("dynamic")]
+    return first + tried + ([] if vnni else [Recipe("MinMax", keep_edges=True, reduce_range=True)])
+
+
+def convolutional(path: str | os.PathLike) -> bool:
+    """Whether the ONNX file at ``path`` holds a convolution."""
+    return any(n.op_type == "Conv" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def quantize_checked(fp32: str | os.PathLike, out: str | os.PathLike, calibration: list[np.ndarray],
@@ -169,7 +192,7 @@ def quantize_checked(fp32: str | os.PathLike, out: str | os.PathLike, calibratio
     float32 file's accuracy (``reference``, measured when not given) within ``tolerance`` (a fraction: 0.01 is
     one point). Without validation data only the first recipe runs and the result is unchecked (``ok`` False,
     accuracy None)."""
-    recipes = recipes or fallbacks()
+    recipes = recipes or fallbacks(convolutional=convolutional(fp32))
     if val_loader is None:
         path = quantize_int8(fp32, out, calibration, recipes[0])
         return Int8Result(path, recipes[0], None, None, False, [{**asdict(recipes[0]), "accuracy": None}])

@@ -180,8 +180,8 @@ def _deployment(rep: dict) -> list[str]:
         cells = [f"{lat[k]['p50']:.3f} / {lat[k]['p90']:.3f} ({base[k]['p50'] / lat[k]['p50']:.2f}x)" for k in keys]
         lines.append(f"| {name} | {_pct(acc)} | {entry['onnx_bytes'] / 1024:.0f} KiB | " + " | ".join(cells) + " |")
     if int8:
-        lines += ["", f"int8: onnxruntime static QDQ, per-channel weights, calibrated on "
-                      f"{int8['calibration']['images']} training images; "
+        lines += ["", f"int8: onnxruntime quantization, per-channel weights (static QDQ: calibrated on "
+                      f"{int8['calibration']['images']} training inputs; dynamic: activations ranged at run time); "
                       + "; ".join(f"{key}: {int8[key]['recipe']}"
                                   + ("" if int8[key]["ok"] else " (**not verified**, see the notes)")
                                   for key in ("original", "compressed")) + "."]

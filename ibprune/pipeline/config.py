@@ -88,8 +88,9 @@ class CompressConfig:
         None, "add FGSM/PGD accuracy of both models at this L-inf size (in input-std units, e.g. 0.03) to the "
               "report", "output", float)
     quantize: str | None = _setting(
-        None, "int8: also write static int8 (QDQ) ONNX files of the original and the compressed model, "
-              "calibrated on training batches and checked on the validation data in onnxruntime", "output", str)
+        None, "int8: also write int8 ONNX files of the original and the compressed model (static QDQ calibrated "
+              "on training batches; a transformer tries dynamic quantization first), checked on the validation "
+              "data in onnxruntime", "output", str)
     calibration_images: int = _setting(256, "training images that calibrate the int8 activations", "output")
     int8_tolerance: float = _setting(0.01, "accuracy (a fraction, 0.01 = one point) an int8 file may lose against "
                                            "its fp32 file before the fallback recipes are tried", "output")

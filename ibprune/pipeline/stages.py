@@ -439,8 +439,8 @@ def export(p: Prepared, run: Run) -> Exported:
 
 
 def int8(p: Prepared, run: Run) -> dict[str, quantize.Int8Result]:
-    """Static int8 (QDQ) files of both models, calibrated on training batches, each checked against its fp32
-    file in onnxruntime (``quantize="int8"``)."""
+    """int8 files of both models (``quantize.fallbacks``: static QDQ calibrated on training batches, or dynamic
+    for a transformer), each checked against its fp32 file in onnxruntime (``quantize="int8"``)."""
     return {key: quantize.quantize_checked(path, path.with_suffix(".int8.onnx"), p.calibration(), p.val_all,
                                            p.cfg.int8_tolerance, reference=run.export.accuracy[key])
             for key, path in run.export.paths.items()}

