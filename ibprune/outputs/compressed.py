@@ -25,7 +25,7 @@ def save_compressed(path: str | os.PathLike, model: nn.Module, removed: dict[str
     it with ``load_compressed(original_architecture, path)``.
     """
     data = {"format": FORMAT, "removed": {k: [int(i) for i in v] for k, v in removed.items()},
-            "input_shape": [int(d) for d in example_input.shape],
+            "input_shape": [int(d) for d in example_input.shape], "input_dtype": str(example_input.dtype),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
@@ -44,7 +44,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{path} is not an ibprune compressed model (format {FORMAT!r})")
     device = next(model.parameters()).device
     try:
-        remove_channels(model.eval(), torch.zeros(data["input_shape"], device=device), data["removed"])
+        remove_channels(model.eval(), _example(data, device), data["removed"])
     except (KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{path} does not fit this architecture: {str(err).splitlines()[0]}") from None
     try:
@@ -52,3 +52,11 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit this architecture: {str(err).splitlines()[0]}") from None
     return model
+
+
+def _example(data: dict, device: torch.device) -> torch.Tensor:
+    """An input of the saved shape and dtype to trace the model with: zeros, or for integer inputs (token ids
+    over an attention mask) ones, a token every mask attends to."""
+    dtype = getattr(torch, data.get("input_dtype", "torch.float32").removeprefix("torch."))
+    fill = torch.zeros if dtype.is_floating_point else torch.ones
+    return fill(data["input_shape"], dtype=dtype, device=device)

@@ -63,7 +63,8 @@ def check_model(model: nn.Module, example_input: torch.Tensor, macs: float = 0.6
             "check_margin": min(margins.values(), default=None), "check_margin_group": min(margins, key=margins.get,
                                                                                              default=None),
             "onnx_max_diff": onnx_diff, "output_shape_ok": shape_ok,
-            "heads_before": _heads(model), "heads_after": _heads(result.model), "model": result.model}
+            "heads_before": _heads(model), "heads_after": _heads(result.model), "model": result.model,
+            "removed": result.removed}
 
 
 @torch.no_grad()

@@ -70,3 +70,20 @@ def test_a_reloaded_slim_model_saves_again_unchanged(tmp_path):
     x = padded()
     assert _widths(twice) == _widths(once) != [(TINY["hidden_size"], TINY["intermediate_size"])] * 2
     torch.testing.assert_close(_logits(twice.eval(), x), slim.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_slim_distilbert_reloads_from_its_folder_and_from_the_compressed_file(tmp_path):
+    from ibprune.outputs.compressed import save_compressed
+    from tests.rewrites.test_encoder import tiny
+
+    x = padded()
+    report = ibprune.check_model(tiny("distilbert"), x[1:2], macs=0.5)
+    slim, removed = report["model"].eval(), report["removed"]
+    assert any(removed[n] for n in removed if n.endswith("attention"))  # heads went, and FFN units
+    assert any(removed[n] for n in removed if n.endswith("lin1"))
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(
+        save_hf(slim.hf, tmp_path / "hf"), trust_remote_code=True).eval()
+    torch.testing.assert_close(_logits(loaded, x), slim(x), rtol=1e-5, atol=1e-6)
+    save_compressed(tmp_path / "compressed.pt", slim, removed, x[:1])
+    rebuilt = ibprune.load_compressed(tiny("distilbert"), tmp_path / "compressed.pt").eval()
+    torch.testing.assert_close(rebuilt(x), slim(x), rtol=1e-5, atol=1e-6)

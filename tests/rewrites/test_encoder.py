@@ -20,12 +20,23 @@ TINY = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attent
 
 
 def tiny(kind: str = "bert", attention: str = "sdpa") -> TextClassifier:
-    """A randomly initialised encoder classifier (no weights needed)."""
+    """A randomly initialised encoder classifier (no weights needed): BERT, RoBERTa or DistilBERT."""
     torch.manual_seed(0)
-    config = getattr(transformers, f"{kind.capitalize() if kind == 'bert' else 'Roberta'}Config")(
-        **TINY, attn_implementation=attention)
+    if kind == "distilbert":  # its own names for the same sizes
+        config = transformers.DistilBertConfig(
+            vocab_size=TINY["vocab_size"], dim=TINY["hidden_size"], n_layers=TINY["num_hidden_layers"],
+            n_heads=TINY["num_attention_heads"], hidden_dim=TINY["intermediate_size"],
+            max_position_embeddings=TINY["max_position_embeddings"], num_labels=TINY["num_labels"],
+            attn_implementation=attention)
+    else:
+        config = getattr(transformers, f"{'Bert' if kind == 'bert' else 'Roberta'}Config")(
+            **TINY, attn_implementation=attention)
     model = transformers.AutoModelForSequenceClassification.from_config(config)
     return TextClassifier(model).eval()
+
+
+ATTENTION = {"bert": "hf.bert.encoder.layer.{}.attention", "roberta": "hf.roberta.encoder.layer.{}.attention",
+             "distilbert": "hf.distilbert.transformer.layer.{}.attention"}
 
 
 def padded(batch: int = 4, length: int = 12) -> torch.Tensor:
@@ -36,13 +47,14 @@ def padded(batch: int = 4, length: int = 12) -> torch.Tensor:
     return pack(ids * mask + (1 - mask), mask)  # padding id 1 (RoBERTa's; BERT's 0 works alike)
 
 
-@pytest.mark.parametrize("kind, attention", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa")])
+@pytest.mark.parametrize("kind, attention", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"),
+                                             ("distilbert", "sdpa"), ("distilbert", "eager")])
 def test_the_rewrite_computes_what_the_encoder_does_on_padded_batches(kind, attention):
     model, x = tiny(kind, attention), padded()
     expected = model(x)
     rewritten = copy.deepcopy(model)
     names = split_encoder_heads(rewritten)
-    assert names == [f"hf.{kind}.encoder.layer.{i}.attention" for i in range(2)]
+    assert names == [ATTENTION[kind].format(i) for i in range(2)]
     assert all(isinstance(rewritten.get_submodule(n), EncoderAttention) for n in names)
     torch.testing.assert_close(rewritten(x), expected, rtol=1e-5, atol=1e-6)
     assert split_encoder_heads(rewritten) == []  # idempotent
