@@ -34,6 +34,28 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([input_ids, attention_mask], dim=1).long()
 
 
+class PackedBatches:
+    """A loader of tokenised batches as dicts (``input_ids``, ``attention_mask``, ``labels``: what a
+    ``transformers`` data collator yields) seen as ``(pack(ids, mask), labels)`` pairs. The loader's generator
+    stays reachable, so a resumed run replays the same batches."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return getattr(self.loader, "generator", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            ids, mask = batch["input_ids"], batch.get("attention_mask")
+            labels = batch["labels"] if "labels" in batch else batch["label"]
+            yield pack(ids, torch.ones_like(ids) if mask is None else mask), labels
+
+
 def read_csv(path: str | Path) -> tuple[list[str], list[str]]:
     """The ``text`` and ``label`` columns of a CSV file with a header row."""
     path = Path(path)

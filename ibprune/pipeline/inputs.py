@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from ibprune.core.modes import evaluating
+from ibprune.data.text import PackedBatches
 from ibprune.errors import InputError
+from ibprune.models.text import TextClassifier
+
+
+def adopted(model: nn.Module, train_loader, val_loader=None) -> tuple[nn.Module, object, object]:
+    """A ``transformers`` sequence classifier and loaders of tokenised dict batches as the pipeline takes them:
+    the model behind one packed input (``TextClassifier``), the batches as ``(pack(ids, mask), labels)``
+    (``PackedBatches``); anything else as it is."""
+    if type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
+        model = TextClassifier(model)
+    return model, *(PackedBatches(loader) if _yields_dicts(loader) else loader
+                    for loader in (train_loader, val_loader))
+
+
+def _yields_dicts(loader) -> bool:
+    if loader is None or isinstance(loader, PackedBatches):
+        return False
+    try:
+        return isinstance(next(iter(loader)), Mapping)
+    except (StopIteration, TypeError):
+        return False  # first_batch names the problem
 
 
 def first_batch(loader, name: str = "train_loader") -> tuple[torch.Tensor, torch.Tensor]:

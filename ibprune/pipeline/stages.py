@@ -44,7 +44,7 @@ from ibprune.outputs.hf import save_hf
 from ibprune.outputs.robustness import adversarial_accuracy
 from ibprune.pipeline.checkpoints import Checkpoints
 from ibprune.pipeline.config import CompressConfig
-from ibprune.pipeline.inputs import check_inputs, first_batch
+from ibprune.pipeline.inputs import adopted, check_inputs, first_batch
 from ibprune.pipeline.latency import LatencyMeter, LatencyPlan, macs_for_latency, meet
 from ibprune.rewrites import rewrite
 
@@ -222,8 +222,10 @@ def run_stages(stages: list[Stage], p: Prepared) -> Run:
 def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, example_input=None,
             ignored_layers=None, out_dir=None, folder: Path | None = None, verbose: bool = True) -> Prepared:
     """Everything before the first stage: seed, device, the working copy, input checks, channel groups, cost
-    model, the ranker and the stage checkpoints; fails with an ``IbpruneError`` before any training."""
+    model, the ranker and the stage checkpoints; fails with an ``IbpruneError`` before any training. A
+    ``transformers`` classifier and loaders of tokenised dict batches are taken as they come (``adopted``)."""
     metric, target = cfg.budget()
+    model, train_loader, val_loader = adopted(model, train_loader, val_loader)
     if metric == "latency" and distributed.active():
         raise InputError("a latency budget is timed on one machine; under torchrun give a macs or params budget "
                          "(a single-process run can find the MACs a latency needs)", settings=("latency",))

@@ -74,3 +74,20 @@ def test_an_unprunable_model_fails_before_training(random_loader):
     with pytest.raises(UnsupportedModelError, match="group\\(s\\) rooted at stem"):
         ibprune.compress(PadShortcut(), counted, macs=0.5, gate_epochs=5, finetune_epochs=5, verbose=False)
     assert len(steps) <= 2  # the input checks read one batch; no training pass started
+
+
+def test_a_transformers_model_and_dict_batches_are_taken_as_they_come():
+    transformers = pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
+    from ibprune.data.text import pack
+    from tests.rewrites.test_encoder import padded, tiny
+
+    hf, x = tiny().hf, torch.cat([padded()] * 4)
+    y = torch.arange(len(x)) % 3
+    dicts = [{"input_ids": x[i:i + 4, 0], "attention_mask": x[i:i + 4, 1], "labels": y[i:i + 4]}
+             for i in range(0, len(x), 4)]  # what a transformers data collator yields
+    result = ibprune.compress(hf, dicts, dicts, macs=0.5, gate_epochs=0.5, finetune_epochs=0.5, round_to=1,
+                              latency_runs=2, bench_batch=4, verbose=False)
+    assert isinstance(hf, transformers.PreTrainedModel) and result.report["finetune"]["optimizer"] == "adamw"
+    slim = result.model.hf  # the slim transformers model, called as before
+    assert slim(input_ids=x[:, 0], attention_mask=x[:, 1]).logits.shape == (len(x), 3)
+    assert result.report["achieved"]["macs"] <= 0.5 and torch.equal(pack(x[:, 0], x[:, 1]), x)
