@@ -22,7 +22,7 @@ The protocol:
   batch 1 and 32 at 128 tokens in interleaved rounds; the int8 files' test accuracy in onnxruntime.
 * ``aggregate``: ``results/text.md`` and ``results/text.json``.
 
-Reproduce (2 CPU cores; a Rotten Tomatoes epoch about 6 minutes, a 20 Newsgroups one about 16):
+Reproduce (2 CPU cores, uncontended: a Rotten Tomatoes epoch about 7 minutes, a 20 Newsgroups one about 16):
     python benchmarks/text.py finetune --data rotten_tomatoes
     python benchmarks/text.py finetune --data 20newsgroups
     python benchmarks/text.py run --data rotten_tomatoes --methods ib taylor --budgets 0.5 0.35 --seeds 0 1
