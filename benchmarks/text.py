@@ -323,7 +323,8 @@ def cmd_aggregate(args) -> None:
                      + _speed_cells(dense_row) + " |")
         for r in rows:
             lines.append(f"| {r['method']} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
-                         f"{r['heads_kept']:.0f} | {100 * r['test_accuracy']:.2f} ± {100 * r['sd']:.2f} | "
+                         f"{r['heads_kept']:.0f} | {100 * r['test_accuracy']:.2f}"
+                         + (f" ± {100 * r['sd']:.2f}" if len(r["seeds"]) > 1 else "") + " | "
                          f"{','.join(map(str, r['seeds']))} | " + _speed_cells(r) + " |")
         lines.append("")
     write_json(ROOT / "results" / "text.json", out)
