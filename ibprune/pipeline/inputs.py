@@ -19,6 +19,8 @@ def adopted(model: nn.Module, train_loader, val_loader=None) -> tuple[nn.Module,
     (``PackedBatches``); anything else as it is."""
     if type(model).__module__.startswith("transformers.") and hasattr(model, "config"):
         model = TextClassifier(model)
+    if not isinstance(model, TextClassifier):  # only a text model's batches are looked at here
+        return model, train_loader, val_loader
     return model, *(PackedBatches(loader) if _yields_dicts(loader) else loader
                     for loader in (train_loader, val_loader))
 
