@@ -291,7 +291,8 @@ class SparseLearning:
             return {}
 
         fit(job.model, job.loader, steps, job.device,
-            replace(job.settings.weights("constant"), weight_decay=0.0, lr=self.lr or job.settings.lr),
+            replace(job.settings.weights("constant"), weight_decay=0.0,
+                    lr=job.settings.lr if self.lr is None else self.lr),
             before_step=lambda: pruner.regularize(job.model), after_step=grow, desc=self.name, verbose=job.verbose)
         found = L2.scores(job.model, job.example_input, job.groups)
         return Ranking(found, found, dict(NO_GATE_PHASE))  # no gates: its phase is in settings()

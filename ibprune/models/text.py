@@ -29,6 +29,11 @@ class TextClassifier(nn.Module):
         return self.hf(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
 
 
+def uses_transformers(model: nn.Module) -> bool:
+    """Whether ``model`` is, or holds, a module of the ``transformers`` library (trained with AdamW by default)."""
+    return any(type(m).__module__.startswith("transformers.") for m in model.modules())
+
+
 def from_pretrained(source: str, num_classes: int | None = None) -> tuple[TextClassifier, object]:
     """A ``transformers`` sequence classifier and its tokenizer from a local folder (or, where the Hugging Face
     hub is reachable, a hub name). With ``num_classes`` a head of that many classes replaces any the folder

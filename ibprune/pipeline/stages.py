@@ -37,7 +37,7 @@ from ibprune.core.rankers import Ranker, RankJob, ranker
 from ibprune.core.train import count, fit, pick_device, recalibrate_bn, steps_for
 from ibprune.errors import InputError
 from ibprune.files import write_json
-from ibprune.models.text import TextClassifier
+from ibprune.models.text import TextClassifier, uses_transformers
 from ibprune.outputs import benchmark, channels, onnx, quantize, report
 from ibprune.outputs.compressed import save_compressed
 from ibprune.outputs.hf import save_hf
@@ -241,7 +241,7 @@ def prepare(model: nn.Module, train_loader, val_loader, cfg: CompressConfig, *, 
     teacher = copy.deepcopy(cfg.distill).eval() if isinstance(cfg.distill, nn.Module) else None
     if teacher is not None:
         check_teacher(teacher.to(dev), classes, example_input)
-    cfg = cfg.for_model(any(type(m).__module__.startswith("transformers.") for m in model.modules()))
+    cfg = cfg.for_model(uses_transformers(model))
     chosen = ranker(cfg.criterion)
     if not chosen.trains_gates:  # a criterion ranks without a gate phase
         cfg = dataclasses.replace(cfg, gate_epochs=0.0)

@@ -24,6 +24,7 @@ from ibprune.core import distributed
 from ibprune.core.rankers import IBRanker
 from ibprune.errors import BudgetError
 from ibprune.files import write_figure, write_json, write_text
+from ibprune.models.text import uses_transformers
 from ibprune.pipeline.checkpoints import Checkpoints
 from ibprune.pipeline.compress import CompressResult, compress
 from ibprune.pipeline.config import CompressConfig, budget_of
@@ -112,7 +113,7 @@ def _explore(model: nn.Module, train_loader, cfg: CompressConfig, out: Path, exa
     t0 = time.perf_counter()
     p = prepare(model, train_loader, None, cfg, example_input=example_input, ignored_layers=ignored_layers,
                 verbose=verbose)
-    cfg = p.cfg  # with the optimizer's defaults filled in
+    cfg = cfg.for_model(uses_transformers(model))  # the optimizer's defaults, as prepare filled them in
     setup = time.perf_counter() - t0  # the explore's share of the preamble (the adapt epochs are not)
     p.ckpt = Checkpoints(out / "checkpoints", {
         "metric": p.metric, "adapt_epochs": cfg.adapt_epochs, "gate_epochs": cfg.gate_epochs, "lr": cfg.lr,
