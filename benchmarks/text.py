@@ -160,28 +160,60 @@ def cell_name(data: str, method: str, budget: float, seed: int) -> str:
     return f"{data}-{method}-macs{budget:.2f}-s{seed}"
 
 
+def label(method: str, args) -> str:
+    """A cell's method label: ``<method>_alloc_<donor>`` for a ranking at the widths another method kept."""
+    return f"{method}_alloc_{args.widths_from}" if args.widths_from else method
+
+
+def donor_widths(args, budget: float, seed: int) -> dict[str, int]:
+    """The widths per group that method ``--widths-from``'s cell kept (same data, budget and seed)."""
+    path = CELLS / f"{cell_name(args.data, args.widths_from, budget, seed)}.json"
+    if not path.exists():
+        sys.exit(f"--widths-from {args.widths_from}: no cell {path.name} to take the widths from; run it first")
+    return json.loads(path.read_text())["kept"]
+
+
+def allocation(model, loader, keep: dict[str, int], method: str):
+    """``method`` ranking only within the widths ``keep`` (``rankers.Allocated``) and the MACs budget those
+    widths cost, counted on the rewritten model as ``compress`` counts it."""
+    from ibprune.core.rankers import Allocated, allocation_cost, ranker
+    from ibprune.pipeline.stages import structure, working_copy
+
+    work = working_copy(model, torch.device("cpu"))
+    groups, cost_model = structure(work, next(iter(loader))[0][:1])
+    return Allocated(ranker(method), keep), allocation_cost(cost_model, groups, keep)
+
+
 def run_cell(args, method: str, budget: float, seed: int) -> dict:
     """One compression of the fine-tuned model; its record (test accuracy, sizes, what was kept)."""
     model, tokenizer, dense = finetuned(args.data)
     torch.manual_seed(seed)
     loaders = splits(args.data, tokenizer, seed)
-    gate = args.gate_epochs if method == "ib" else 0.0
-    out = WORK / cell_name(args.data, method, budget, seed)
+    gate = args.gate_epochs if method.startswith("ib") else 0.0
+    out = WORK / cell_name(args.data, label(method, args), budget, seed)
+    criterion, target = method.removesuffix("_per_cost"), budget  # ib_per_cost: information per unit of cost
+    if args.widths_from:
+        keep = donor_widths(args, budget, seed)
+        criterion, target = allocation(model, loaders["train"], keep, criterion)
     start = time.perf_counter()
     result = ibprune.compress(model, loaders["train"], loaders["val"], out_dir=out, resume=out.exists(),
-                              verbose=args.verbose, macs=budget, criterion=method, seed=seed, gate_epochs=gate,
+                              verbose=args.verbose, macs=target, criterion=criterion, seed=seed, gate_epochs=gate,
+                              rank_per_cost=method.endswith("_per_cost"),
                               finetune_epochs=args.epochs - gate, latency_runs=args.latency_runs,
                               bench_batch=BATCH, device=args.device)
     seconds = time.perf_counter() - start
     rep = result.report
     heads = {k: v for k, v in rep["pruned_channels"].items() if v["unit"] == "head"}
-    return {"data": args.data, "method": method, "budget": budget, "seed": seed, "epochs": args.epochs,
+    kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
+    if args.widths_from and kept != keep:
+        raise RuntimeError(f"the allocation was not kept: {kept} instead of {keep}")
+    return {"data": args.data, "method": label(method, args), "budget": budget, "seed": seed, "epochs": args.epochs,
             "gate_epochs": gate, "seq_len": SEQ_LEN[args.data], "start_sha256": dense["sha256"],
             "test_accuracy": evaluate(result.model, loaders["test"], pick_device(args.device)),
             "dense_test_accuracy": dense["test_accuracy"], "val_accuracy": rep["accuracy"],
             "macs": rep["achieved"]["macs"], "params": rep["achieved"]["params"],
             "heads_kept": sum(v["kept"] for v in heads.values()), "heads": sum(v["total"] for v in heads.values()),
-            "kept": {k: v["kept"] for k, v in rep["pruned_channels"].items()},
+            "kept": kept,
             "optimizer": rep["finetune"]["optimizer"], "lr": rep["finetune"]["lr"], "seconds": round(seconds),
             "resumed_from": rep.get("resumed_from"), "environment": environment()}
 
@@ -190,7 +222,7 @@ def cmd_run(args) -> None:
     for seed in args.seeds:
         for budget in args.budgets:
             for method in args.methods:
-                path = CELLS / f"{cell_name(args.data, method, budget, seed)}.json"
+                path = CELLS / f"{cell_name(args.data, label(method, args), budget, seed)}.json"
                 if path.exists():
                     continue
                 record = run_cell(args, method, budget, seed)
@@ -277,10 +309,12 @@ def _rows(data: str) -> list[dict]:
     rows = []
     for (method, budget), cs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         acc, sd = _mean_sd([c["test_accuracy"] for c in cs])
+        val, _ = _mean_sd([c["val_accuracy"]["finetuned"] for c in cs])
         timed = [lat[cell_name(data, method, budget, c["seed"])] for c in cs
                  if cell_name(data, method, budget, c["seed"]) in lat]
         rows.append({"method": method, "budget": budget, "seeds": sorted(c["seed"] for c in cs),
-                     "test_accuracy": acc, "sd": sd, "macs": float(np.mean([c["macs"] for c in cs])),
+                     "test_accuracy": acc, "sd": sd, "val_accuracy": val,
+                     "macs": float(np.mean([c["macs"] for c in cs])),
                      "params": float(np.mean([c["params"] for c in cs])),
                      "heads_kept": float(np.mean([c["heads_kept"] for c in cs])), "heads": cs[0]["heads"],
                      "speedup": _speedups(timed, lat.get("dense")),
@@ -301,7 +335,9 @@ def cmd_aggregate(args) -> None:
     """``results/text.json`` and ``results/text.md`` from the cells and the latency files."""
     out, lines = {}, ["# Hugging Face encoders: all-MiniLM-L6-v2, dense vs compressed (heads and FFN units)", "",
                       "Made by `python benchmarks/text.py aggregate` from `results/text/` (the protocol and the "
-                      "commands: `benchmarks/text.py`). Accuracy: the test set, mean ± sd over the seeds. Speed-up: "
+                      "commands: `benchmarks/text.py`). Accuracy: the 1,000 held-out validation examples (what a "
+                      "choice of method or setting is made on) and the test set, mean (± sd for test) over the seeds; "
+                      "`<a>_alloc_<b>`: method a's ranking within the widths per group that b's cell kept. Speed-up: "
                       f"the dense fp32 file's onnxruntime p50 latency over this file's, at {LATENCY_SEQ} tokens, "
                       "timed side by side (`latency-<data>.json`: machine, threads, rounds).", ""]
     for data in sorted(SEQ_LEN):
@@ -314,16 +350,18 @@ def cmd_aggregate(args) -> None:
         out[data] = {"dense": dense, "rows": rows}
         lines += [f"## {data} ({dense['seq_len']} tokens; dense model: {dense['epochs']:g} epochs, AdamW "
                   f"{dense['lr']:g}, test {100 * dense['test_accuracy']:.2f} %)", "",
-                  "| method | MACs | params | heads | test acc (%) | seeds | fp32 x b1 / b32 | int8 dyn x b1 / b32 "
-                  "(acc) | int8 static x b1 / b32 (acc) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| method | MACs | params | heads | val acc (%) | test acc (%) | seeds | fp32 x b1 / b32 | "
+                  "int8 dyn x b1 / b32 (acc) | int8 static x b1 / b32 (acc) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         dense_row = {"speedup": _speedups([dense_lat], dense_lat) if dense_lat else {},
                      "int8_accuracy": {v: dense_lat[v]["accuracy"] for v in VARIANTS[1:]} if dense_lat else {}}
         heads = rows[0]["heads"] if rows else "-"
-        lines.append(f"| dense | 1.00 | 1.00 | {heads} | {100 * dense['test_accuracy']:.2f} | - | "
+        lines.append(f"| dense | 1.00 | 1.00 | {heads} | {100 * dense['val_accuracy']:.1f} | "
+                     f"{100 * dense['test_accuracy']:.2f} | - | "
                      + _speed_cells(dense_row) + " |")
         for r in rows:
             lines.append(f"| {r['method']} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
-                         f"{r['heads_kept']:.0f} | {100 * r['test_accuracy']:.2f}"
+                         f"{r['heads_kept']:.0f} | {100 * r['val_accuracy']:.1f} | {100 * r['test_accuracy']:.2f}"
                          + (f" ± {100 * r['sd']:.2f}" if len(r["seeds"]) > 1 else "") + " | "
                          f"{','.join(map(str, r['seeds']))} | " + _speed_cells(r) + " |")
         lines.append("")
@@ -361,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--epochs", type=float, default=1.5, help="training epochs per cell, the gate phase included")
     r.add_argument("--gate-epochs", type=float, default=0.5)
     r.add_argument("--latency-runs", type=int, default=5, help="in-run timing (contended: `latency` re-times)")
+    r.add_argument("--widths-from", metavar="METHOD", help="rank within the widths per group that this method's "
+                   "cell kept (same budget and seed): the allocation swap (label <method>_alloc_<METHOD>)")
     r.add_argument("--device", default="auto")
     r.add_argument("--verbose", action="store_true")
     t = sub.add_parser("latency", help="time every cell's ONNX file, fp32 and int8, at 128 tokens (quiet machine)")

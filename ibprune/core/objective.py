@@ -47,17 +47,20 @@ class GatePressure:
     """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze).
 
     ``ranking``: the scores the squeeze's plan is made from (higher = keep), instead of the gates' information:
-    another criterion's ranking under IB's schedule.
+    another criterion's ranking under IB's schedule. ``cost_weighted=False``: every channel's KL weighs the same
+    (``w_c = 1``) instead of its cost.
     """
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
                  round_to: int | str | None = None, explore: float = EXPLORE, per_cost: bool = False,
-                 min_channels: int = 1, ranking: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
+                 min_channels: int = 1, ranking: Callable[[], dict[str, torch.Tensor]] | None = None,
+                 cost_weighted: bool = True) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
         self.ranking = ranking
         self.min_channels = min_channels
         self.costs = cost_model.channel_costs()
-        self.weights = dict(self.costs)
+        self.kl_weights = kl_weights(cost_model, cost_weighted)
+        self.weights = dict(self.kl_weights)
         self.beta = self.beta_explore = beta
         self.switch = int(explore * total_steps)
         self.rate = math.log(1e3) / max(1.0, 0.5 * (total_steps - self.switch))  # 1000x within half the squeeze
@@ -98,7 +101,7 @@ class GatePressure:
         self.removal = self.plan()
         self.weights = {n: torch.zeros_like(c) for n, c in self.costs.items()}
         for n, idxs in self.removal.items():
-            self.weights[n][idxs] = self.costs[n][idxs]
+            self.weights[n][idxs] = self.kl_weights[n][idxs]
 
     def open_to_remove(self, removal: dict[str, list[int]] | None = None) -> int:
         """How many channels slated for removal (the squeeze's, or ``removal``) still pass information
@@ -107,6 +110,12 @@ class GatePressure:
         if not removal:
             return 0
         return sum(int((self.gates[n].alpha().detach()[idxs] >= 1.0).sum()) for n, idxs in removal.items())
+
+
+def kl_weights(cost_model: CostModel, cost_weighted: bool = True) -> dict[str, torch.Tensor]:
+    """``w_c``: each channel's marginal cost, or 1 for every channel (``cost_weighted=False``)."""
+    costs = cost_model.channel_costs()
+    return costs if cost_weighted else {n: torch.ones_like(c) for n, c in costs.items()}
 
 
 def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,
@@ -134,14 +143,16 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
                 steps: int, *, weights: OptimizerConfig, gate_lr: float, beta: float | None = None,
                 round_to: int | str | None = None, per_cost: bool = False, explore: float = EXPLORE,
                 min_channels: int = 1, on_step: Callable[[int, GatePressure], None] | None = None,
-                ranking: Callable[[], dict[str, torch.Tensor]] | None = None, verbose: bool = True) -> GatePressure:
+                ranking: Callable[[], dict[str, torch.Tensor]] | None = None, cost_weighted: bool = True,
+                verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on ``weights`` (at a
     constant learning rate).
 
     ``explore`` is the fraction of the steps spent exploring before the squeeze (1.0: explore only; 0.0:
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
     ``on_step(step, pressure)`` runs after each step's schedule update (to trace the phase). ``ranking``: the
-    squeeze's plan comes from these scores instead of the gates (``GatePressure``).
+    squeeze's plan comes from these scores instead of the gates; ``cost_weighted=False``: the KL of every channel
+    weighs the same (``GatePressure``).
     The phase ends once the squeeze has shut every planned channel. Ends with the gates in eval mode and the BN
     statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
     and ``steps_taken`` the steps the phase ran.
@@ -151,9 +162,10 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     gates.train()
     model.train()
     if beta is None and steps:
-        beta = distributed.from_writer(calibrate_beta(model, gates, cost_model.channel_costs(), loader, device))
+        beta = distributed.from_writer(calibrate_beta(model, gates, kl_weights(cost_model, cost_weighted), loader,
+                                                      device))
     pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
-                            min_channels, ranking)
+                            min_channels, ranking, cost_weighted)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_step(step: int) -> dict:

@@ -96,18 +96,20 @@ class IBRanker:
     ``rank`` then runs only the squeeze. ``squeeze=False`` (``ib_oneshot``, an ablation): the explore part alone,
     then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning. ``keep``:
     the widths to keep per group instead of the budget's (``Allocated``); the squeeze shuts the rest.
+    ``cost_weighted=False`` (``ib_uniform``): every channel's KL weighs the same instead of its cost.
     """
 
     explored: dict | None = field(default=None, repr=False)
     squeeze: bool = True
     keep: dict[str, int] | None = field(default=None, hash=False)
+    cost_weighted: bool = True
     unit: ClassVar[str] = "nats"
     title: ClassVar[str] = "Information per channel"
     trains_gates: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
-        return "ib" if self.squeeze else "ib_oneshot"
+        return ("ib" if self.squeeze else "ib_oneshot") + ("" if self.cost_weighted else "_uniform")
 
     def rank(self, job: RankJob) -> Ranking:
         cfg, gates, beta = job.settings, job.gate(), job.settings.beta
@@ -126,7 +128,8 @@ class IBRanker:
                                beta=beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
                                explore=0.0 if self.explored is not None else explore,
-                               ranking=None if self.keep is None else ranked, verbose=job.verbose)
+                               ranking=None if self.keep is None else ranked, cost_weighted=self.cost_weighted,
+                               verbose=job.verbose)
         return Ranking(ranked(), gates.information(), _gate_report(pressure, steps_for(cfg.gate_epochs, job.loader)))
 
     def explore(self, job: RankJob, epochs: float) -> dict:
@@ -135,7 +138,7 @@ class IBRanker:
         cfg, gates = job.settings, job.gate()
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target,
                                steps_for(epochs, job.loader), beta=cfg.beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
-                               explore=1.0, verbose=job.verbose)
+                               explore=1.0, cost_weighted=self.cost_weighted, verbose=job.verbose)
         gates.detach()
         return {"model": job.model.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
 
@@ -412,7 +415,8 @@ class Allocated:
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
 DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
 GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
-_ABLATIONS = (IBRanker(squeeze=False), *(Squeezed(c) for c in _CRITERIA), *(Gradual(c) for c in _CRITERIA))
+_ABLATIONS = (IBRanker(squeeze=False), IBRanker(cost_weighted=False), *(Squeezed(c) for c in _CRITERIA),
+              *(Gradual(c) for c in _CRITERIA))
 RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name, *(r.name for r in _ABLATIONS))
 
 

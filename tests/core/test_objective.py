@@ -70,6 +70,22 @@ def test_explore_then_squeeze(digits_net):
     assert pressure.done()
 
 
+def test_uniform_weights_press_every_channel_alike(digits_net):
+    """``cost_weighted=False``: explore weighs every KL by 1, the squeeze its planned channels by 1 (costs differ)."""
+    gates, cost_model = _setup(digits_net)
+    costs = cost_model.channel_costs()
+    assert len({round(float(c), 9) for w in costs.values() for c in w}) > 1  # a check that could fail
+    pressure = GatePressure(gates, cost_model, target=0.5, total_steps=10, beta=0.1, round_to=1,
+                            cost_weighted=False)
+    assert all(torch.equal(w, torch.ones_like(costs[n])) for n, w in pressure.weights.items())
+    mean_kl = torch.cat([g.kl() for g in gates.gates.values()]).mean()
+    assert float(pressure.loss()) == pytest.approx(0.1 * float(mean_kl))
+    pressure.update(4)
+    removed = {(n, i) for n, idxs in pressure.removal.items() for i in idxs}
+    assert removed and all(v == float((n, i) in removed) for n, w in pressure.weights.items()
+                           for i, v in enumerate(w.tolist()))
+
+
 def test_the_squeeze_shuts_every_channel_the_budget_removes():
     """On the demo's real data: after the gate phase the planned channels pass (almost) nothing."""
     from ibprune.core.objective import train_gates
