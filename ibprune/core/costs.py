@@ -1,16 +1,17 @@
 """MACs and parameter counts as a function of which channels each group keeps.
 
 torch-pruning's counter gives every layer's MACs and parameters once. A conv or linear layer costs in
-proportion to (kept inputs / inputs) x (kept outputs / outputs); a BN or depthwise conv in proportion to its
-kept outputs; every other layer is held constant. That is exact for conv / linear / BN layers, differentiable
-in the keep vectors, and fast enough to evaluate at every training step. The pruning step still counts the
-pruned model with torch-pruning's counter: this model only steers.
+proportion to (kept inputs / inputs) x (kept outputs / outputs), its bias to its kept outputs; a BN or depthwise
+conv in proportion to its kept outputs; every other layer is held constant. That is exact for conv / linear / BN
+layers, differentiable in the keep vectors, and fast enough to evaluate at every training step. The pruning step
+still counts the pruned model with torch-pruning's counter: this model only steers.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ def count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
 @dataclass
 class _Term:
     base: float                                  # the layer's MACs (or params) in the unpruned model
+    bias: float                                  # the part of ``base`` that scales with the outputs alone
     inputs: list[tuple[str, torch.Tensor]]       # (group, gate positions) read by this layer's inputs
     n_in: int
     outputs: list[tuple[str, torch.Tensor]]
@@ -96,14 +98,15 @@ class CostModel:
             base = float(per_layer.get(m) or 0.0)
             n_in, n_out = _width(m)
             reads = ins.get(layer, []) if not is_depthwise(m) else []
-            self.terms.append(_Term(base, reads, n_in, outs.get(layer, []), n_out))
+            self.terms.append(_Term(base, _bias_share(m, base, metric), reads, n_in, outs.get(layer, []), n_out))
         self.constant = self.total - sum(t.base for t in self.terms)
 
     def cost(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
         """Estimated MACs / params for per-group keep vectors (missing groups keep everything)."""
         total = torch.tensor(self.constant)
         for t in self.terms:
-            total = total + t.base * _kept(t.inputs, t.n_in, keep) * _kept(t.outputs, t.n_out, keep)
+            out = _kept(t.outputs, t.n_out, keep)
+            total = total + (t.base - t.bias) * _kept(t.inputs, t.n_in, keep) * out + t.bias * out
         return total
 
     def fraction(self, keep: dict[str, torch.Tensor]) -> float:
@@ -130,7 +133,7 @@ class CostModel:
             ins = (t.n_in - sum(len(p) for _, p in t.inputs), t.n_in, table(t.inputs)) if t.inputs and t.n_in else None
             outs = (t.n_out - sum(len(p) for _, p in t.outputs), t.n_out, table(t.outputs)) \
                 if t.outputs and t.n_out else None
-            sides.append((t.base, ins, outs))
+            sides.append((t.base, t.bias, ins, outs))
 
         def kept(side, counts: dict[str, int]) -> float:
             if side is None:
@@ -139,7 +142,8 @@ class CostModel:
             return (free + sum(k[counts.get(g, 0)] if g else k[0] for g, k in rows)) / n
 
         def fraction(counts: dict[str, int]) -> float:
-            return (self.constant + sum(b * kept(i, counts) * kept(o, counts) for b, i, o in sides)) / self.total
+            return (self.constant + sum(((b - bias) * kept(i, counts) + bias) * kept(o, counts)
+                                        for b, bias, i, o in sides)) / self.total
 
         return fraction
 
@@ -158,6 +162,19 @@ def _kept(entries: list[tuple[str, torch.Tensor]], n: int, keep: dict[str, torch
     covered = sum(len(pos) for _, pos in entries)
     kept = sum(keep[g][pos].sum() if g in keep else float(len(pos)) for g, pos in entries)
     return (n - covered + kept) / n
+
+
+def _bias_share(m: nn.Module, base: float, metric: str) -> float:
+    """What a conv's or linear layer's bias adds to ``base`` as torch-pruning counts it: its parameters, or its
+    MACs (a conv's: one per output element; a linear layer's: one per output feature and call, taken once)."""
+    if not isinstance(m, nn.modules.conv._ConvNd | nn.Linear) or m.bias is None or not base:
+        return 0.0
+    if metric == "params":
+        return float(m.bias.numel())
+    if isinstance(m, nn.Linear):
+        return float(min(base, m.out_features))
+    per_output = math.prod(m.kernel_size) * m.in_channels // m.groups
+    return base / (per_output + 1)
 
 
 def _width(m: nn.Module) -> tuple[int, int]:

@@ -367,9 +367,15 @@ def allocated(found: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str,
 
 def allocation_cost(cost_model: CostModel, groups: list[ChannelGroup], keep: dict[str, int]) -> float:
     """The budget to give a run ranked by ``Allocated(..., keep)``: the fraction of ``cost_model``'s metric those
-    widths cost, a hair above, at which the planner removes exactly the channels the allocation puts last."""
-    return cost_model.fraction({g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float()
-                                for g in groups}) + 1e-6
+    widths cost, plus half the cheapest kept channel's cost. The planner then removes exactly the channels the
+    allocation puts last, and torch-pruning's count of the result, which can sit a hair above the estimate (an
+    encoder's biases and masks), still passes the prune's check."""
+    masks = {g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float().requires_grad_() for g in groups}
+    cost = cost_model.cost(masks)
+    cost.backward()
+    marginal = torch.cat([m.grad[m.detach() > 0] for m in masks.values()])
+    cheapest = float(marginal[marginal > 0].min()) if bool((marginal > 0).any()) else 0.0
+    return (float(cost) + 0.5 * cheapest) / cost_model.total
 
 
 @dataclass(frozen=True)

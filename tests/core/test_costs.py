@@ -28,6 +28,24 @@ def test_cost_model_matches_the_counter_after_real_pruning(digits_net, metric):
     assert float(cm.cost(keep)) == pytest.approx(counted, rel=0.02)
 
 
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_an_encoders_cost_is_exact_biases_included(metric):
+    """Heads and FFN units of a transformers encoder: the estimate equals torch-pruning's count of the pruned
+    model, the linear layers' biases (which scale with their outputs alone) included."""
+    pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
+    from ibprune.pipeline.stages import working_copy
+    from tests.rewrites.test_encoder import padded, tiny
+
+    x, model = padded()[1:2], tiny()
+    work = working_copy(model, torch.device("cpu"))
+    _, groups = find_groups(work, x)
+    cm = CostModel(work, x, groups, metric)
+    removed = {g.name: list(range(0, g.size, 3)) for g in groups}
+    keep = {g.name: (~torch.isin(torch.arange(g.size), torch.tensor(removed[g.name]))).float() for g in groups}
+    slim = remove_channels(copy.deepcopy(model), x, removed)
+    assert float(cm.cost(keep)) == count(slim, x)[0 if metric == "macs" else 1]
+
+
 def test_channel_costs_follow_the_layers_they_feed():
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -291,3 +291,27 @@ def test_ib_at_given_widths_squeezes_and_ranks_by_its_own_information(digits_net
     with pytest.raises(ValueError, match="plans its own rounds"):
         Allocated(Gradual(L1), keep)
 
+
+
+def test_an_encoders_allocation_is_pruned_exactly():
+    """On a transformers encoder torch-pruning's count sits a hair above the linear estimate: the allocation's
+    budget still lets the prune keep exactly the given widths (heads and FFN units)."""
+    pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
+    from ibprune.core.costs import CostModel
+    from ibprune.core.gates import GateSet
+    from ibprune.core.prune import prune_to_budget
+    from ibprune.core.rankers import allocated, allocation_cost
+    from ibprune.pipeline.stages import working_copy
+    from tests.rewrites.test_encoder import padded, tiny
+
+    x = padded()[1:2]
+    work = working_copy(tiny(), torch.device("cpu"))
+    _, groups = find_groups(work, x)
+    cost_model = CostModel(work, x, groups)
+    keep = {g.name: g.size - g.size // 4 if "attention" in g.name else g.size // 2 for g in groups}
+    found = {g.name: torch.randn(g.size, generator=torch.Generator().manual_seed(3)) for g in groups}
+    gates = GateSet(groups).attach(work)
+    result = prune_to_budget(work, gates, groups, x, cost_model, allocation_cost(cost_model, groups, keep),
+                             round_to=1, importance=allocated(found, keep))
+    assert {n: len(idxs) for n, idxs in result.removed.items() if idxs} == {
+        g.name: g.size - keep[g.name] for g in groups if keep[g.name] < g.size}
