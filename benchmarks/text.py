@@ -186,13 +186,13 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
     model, tokenizer, dense = finetuned(args.data)
     torch.manual_seed(seed)
     loaders = splits(args.data, tokenizer, seed)
-    gate = args.gate_epochs if method.startswith("ib") else 0.0
+    criterion, target = ranker(method.removesuffix("_per_cost")), budget  # _per_cost: information per unit cost
+    gate = args.gate_epochs if criterion.trains_gates else 0.0
     out = WORK / cell_name(args.data, label(method, args), budget, seed)
-    criterion, target = method.removesuffix("_per_cost"), budget  # ib_per_cost: information per unit of cost
     if args.widths_from:  # the budget: what those widths cost by the counter that checks the prune, a hair above
         cell = donor(args, budget, seed)
         keep, target = cell["kept"], cell["macs"] + 1e-7
-        criterion = Allocated(ranker(criterion), keep)
+        criterion = Allocated(criterion, keep)
     start = time.perf_counter()
     result = ibprune.compress(model, loaders["train"], loaders["val"], out_dir=out, resume=out.exists(),
                               verbose=args.verbose, macs=target, criterion=criterion, seed=seed, gate_epochs=gate,

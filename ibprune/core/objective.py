@@ -59,7 +59,7 @@ class GatePressure:
         self.ranking = ranking
         self.min_channels = min_channels
         self.costs = cost_model.channel_costs()
-        self.kl_weights = kl_weights(cost_model, cost_weighted)
+        self.kl_weights = kl_weights(self.costs, cost_weighted)
         self.weights = dict(self.kl_weights)
         self.beta = self.beta_explore = beta
         self.switch = int(explore * total_steps)
@@ -112,9 +112,8 @@ class GatePressure:
         return sum(int((self.gates[n].alpha().detach()[idxs] >= 1.0).sum()) for n, idxs in removal.items())
 
 
-def kl_weights(cost_model: CostModel, cost_weighted: bool = True) -> dict[str, torch.Tensor]:
-    """``w_c``: each channel's marginal cost, or 1 for every channel (``cost_weighted=False``)."""
-    costs = cost_model.channel_costs()
+def kl_weights(costs: dict[str, torch.Tensor], cost_weighted: bool = True) -> dict[str, torch.Tensor]:
+    """``w_c``: each channel's marginal cost (``costs``), or 1 for every channel (``cost_weighted=False``)."""
     return costs if cost_weighted else {n: torch.ones_like(c) for n, c in costs.items()}
 
 
@@ -162,8 +161,8 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     gates.train()
     model.train()
     if beta is None and steps:
-        beta = distributed.from_writer(calibrate_beta(model, gates, kl_weights(cost_model, cost_weighted), loader,
-                                                      device))
+        weights_kl = kl_weights(cost_model.channel_costs(), cost_weighted)
+        beta = distributed.from_writer(calibrate_beta(model, gates, weights_kl, loader, device))
     pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
                             min_channels, ranking, cost_weighted)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)

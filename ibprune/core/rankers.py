@@ -367,9 +367,9 @@ def allocated(found: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str,
 
 def allocation_cost(cost_model: CostModel, groups: list[ChannelGroup], keep: dict[str, int]) -> float:
     """The budget to give a run ranked by ``Allocated(..., keep)``: the fraction of ``cost_model``'s metric those
-    widths cost, plus half the cheapest kept channel's cost. The planner then removes exactly the channels the
-    allocation puts last, and torch-pruning's count of the result, which can sit a hair above the estimate (an
-    encoder's biases and masks), still passes the prune's check."""
+    widths cost, plus half the cheapest kept channel's cost: the planner then removes exactly the channels the
+    allocation puts last, and torch-pruning's count of the result passes the prune's check even where it sits a
+    hair above the estimate (float rounding, a layer the cost model holds constant)."""
     masks = {g.name: (torch.arange(g.size) < keep.get(g.name, g.size)).float().requires_grad_() for g in groups}
     cost = cost_model.cost(masks)
     cost.backward()

@@ -292,10 +292,9 @@ def test_ib_at_given_widths_squeezes_and_ranks_by_its_own_information(digits_net
         Allocated(Gradual(L1), keep)
 
 
-
 def test_an_encoders_allocation_is_pruned_exactly():
-    """On a transformers encoder torch-pruning's count sits a hair above the linear estimate: the allocation's
-    budget still lets the prune keep exactly the given widths (heads and FFN units)."""
+    """On a transformers encoder (biased linear layers, heads and FFN units) the allocation's budget lets the
+    prune, checked by torch-pruning's count, keep exactly the given widths."""
     pytest.importorskip("transformers", reason="the [text] extra (transformers) is not installed")
     from ibprune.core.costs import CostModel
     from ibprune.core.gates import GateSet
