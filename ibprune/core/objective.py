@@ -47,19 +47,19 @@ class GatePressure:
     """``beta`` and the per-channel weights ``w_c`` over the gate phase (explore, then squeeze).
 
     ``ranking``: the scores the squeeze's plan is made from (higher = keep), instead of the gates' information:
-    another criterion's ranking under IB's schedule. ``cost_weighted=False``: every channel's KL weighs the same
-    (``w_c = 1``) instead of its cost.
+    another criterion's ranking under IB's schedule. ``kl``: the KL weights ``w_c`` (``kl_weights``,
+    ``balance_units``); by default each channel's marginal cost.
     """
 
     def __init__(self, gates: GateSet, cost_model: CostModel, target: float, total_steps: int, beta: float,
                  round_to: int | str | None = None, explore: float = EXPLORE, per_cost: bool = False,
                  min_channels: int = 1, ranking: Callable[[], dict[str, torch.Tensor]] | None = None,
-                 cost_weighted: bool = True) -> None:
+                 kl: dict[str, torch.Tensor] | None = None) -> None:
         self.gates, self.cost_model, self.target, self.round_to = gates, cost_model, target, round_to
         self.ranking = ranking
         self.min_channels = min_channels
         self.costs = cost_model.channel_costs()
-        self.kl_weights = kl_weights(self.costs, cost_weighted)
+        self.kl_weights = self.costs if kl is None else kl
         self.weights = dict(self.kl_weights)
         self.beta = self.beta_explore = beta
         self.switch = int(explore * total_steps)
@@ -117,6 +117,24 @@ def kl_weights(costs: dict[str, torch.Tensor], cost_weighted: bool = True) -> di
     return costs if cost_weighted else {n: torch.ones_like(c) for n, c in costs.items()}
 
 
+def gate_pulls(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,
+               batches: int = 4) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """How hard the task loss (mean over ``batches`` batches) and the weighted KL term pull on each gate mean:
+    ``|d loss / d mu_c|`` per group, on the CPU."""
+    import torch.nn.functional as F
+
+    from ibprune.core.train import batches as take
+
+    names = [g.name for g in gates.groups]
+    mus = [gates[n].mu for n in names]
+    task = [torch.zeros(m.shape) for m in mus]
+    for x, y in take(loader, batches):
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        task = [t + g.abs().cpu() / batches for t, g in zip(task, torch.autograd.grad(loss, mus), strict=True)]
+    kl = torch.autograd.grad(gates.weighted_kl({n: weights[n] for n in names}), mus)
+    return dict(zip(names, task, strict=True)), {n: g.abs().cpu() for n, g in zip(names, kl, strict=True)}
+
+
 def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,
                    batches: int = 4, scale: float = 0.1) -> float:
     """The explore ``beta``: ``scale`` x the ratio of the task loss's to the KL term's mean gradient on ``mu``.
@@ -124,18 +142,29 @@ def calibrate_beta(model, gates: GateSet, weights: dict[str, torch.Tensor], load
     At that ratio the two forces on a typical gate balance; below it the task keeps the channels it needs
     while the others lose information, which is what the explore ranking has to show.
     """
-    import torch.nn.functional as F
+    task, kl = gate_pulls(model, gates, weights, loader, device, batches)
+    kl_mean = torch.cat(list(kl.values())).mean()
+    return float(scale * torch.cat(list(task.values())).mean() / kl_mean.clamp_min(1e-12))
 
-    from ibprune.core.train import batches as take
 
-    mus = [g.mu for g in gates.gates.values()]
-    task = torch.zeros(())
-    for x, y in take(loader, batches):
-        loss = F.cross_entropy(model(x.to(device)), y.to(device))
-        task = task + torch.cat([g.abs().flatten() for g in torch.autograd.grad(loss, mus)]).mean().cpu()
-    kl = torch.autograd.grad(gates.weighted_kl(weights), mus)
-    kl_mean = torch.cat([g.abs().flatten() for g in kl]).mean().cpu()
-    return float(scale * (task / batches) / kl_mean.clamp_min(1e-12))
+def balance_units(model, gates: GateSet, weights: dict[str, torch.Tensor], loader, device: torch.device,
+                  batches: int = 4) -> dict[str, torch.Tensor]:
+    """``weights`` rescaled per unit kind (attention heads, channels) so that the KL term pulls on each kind's
+    gates in the same proportion to that kind's task gradient.
+
+    Why: a head costs as much as dozens of FFN units, so cost-weighted KL presses heads far harder than their
+    task gradient resists (IB strips them), and unweighted KL the reverse (``benchmarks/text_findings.md``).
+    Within a kind the weights keep their ratios; with one kind (a CNN) the weighting is unchanged.
+    """
+    task, kl = gate_pulls(model, gates, weights, loader, device, batches)
+    kinds: dict[str, list[str]] = {}
+    for g in gates.groups:
+        kinds.setdefault(g.unit, []).append(g.name)
+    out = {}
+    for names in kinds.values():
+        ratio = torch.cat([task[n] for n in names]).mean() / torch.cat([kl[n] for n in names]).mean().clamp_min(1e-12)
+        out.update({n: weights[n] * float(ratio) for n in names})
+    return out
 
 
 def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: torch.device, target: float,
@@ -143,6 +172,7 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
                 round_to: int | str | None = None, per_cost: bool = False, explore: float = EXPLORE,
                 min_channels: int = 1, on_step: Callable[[int, GatePressure], None] | None = None,
                 ranking: Callable[[], dict[str, torch.Tensor]] | None = None, cost_weighted: bool = True,
+                balance: bool = False, kl: dict[str, torch.Tensor] | None = None,
                 verbose: bool = True) -> GatePressure:
     """The gate phase: up to ``steps`` batches of task loss + IB term, gates on Adam, weights on ``weights`` (at a
     constant learning rate).
@@ -151,7 +181,8 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
     squeeze only, planned from the gates as they are, as a sweep does per budget after one shared explore).
     ``on_step(step, pressure)`` runs after each step's schedule update (to trace the phase). ``ranking``: the
     squeeze's plan comes from these scores instead of the gates; ``cost_weighted=False``: the KL of every channel
-    weighs the same (``GatePressure``).
+    weighs the same (``kl_weights``); ``balance``: rescaled per unit kind (``balance_units``). ``kl``, with
+    ``beta``: the KL weights an earlier explore calibrated (``GatePressure.kl_weights``).
     The phase ends once the squeeze has shut every planned channel. Ends with the gates in eval mode and the BN
     statistics re-estimated for them; returns the schedule, whose ``removal`` is the plan the squeeze enforced
     and ``steps_taken`` the steps the phase ran.
@@ -160,11 +191,14 @@ def train_gates(model, gates: GateSet, cost_model: CostModel, loader, device: to
 
     gates.train()
     model.train()
+    if kl is None:
+        kl = kl_weights(cost_model.channel_costs(), cost_weighted)
+        if balance and steps:
+            kl = distributed.from_writer(balance_units(model, gates, kl, loader, device))
     if beta is None and steps:
-        weights_kl = kl_weights(cost_model.channel_costs(), cost_weighted)
-        beta = distributed.from_writer(calibrate_beta(model, gates, weights_kl, loader, device))
+        beta = distributed.from_writer(calibrate_beta(model, gates, kl, loader, device))
     pressure = GatePressure(gates, cost_model, target, steps, beta or 0.0, round_to, explore, per_cost,
-                            min_channels, ranking, cost_weighted)
+                            min_channels, ranking, kl)
     gate_opt = torch.optim.Adam(gates.parameters(), lr=gate_lr)
 
     def after_step(step: int) -> dict:

@@ -96,29 +96,33 @@ class IBRanker:
     ``rank`` then runs only the squeeze. ``squeeze=False`` (``ib_oneshot``, an ablation): the explore part alone,
     then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning. ``keep``:
     the widths to keep per group instead of the budget's (``Allocated``); the squeeze shuts the rest.
-    ``cost_weighted=False`` (``ib_uniform``): every channel's KL weighs the same instead of its cost.
+    ``cost_weighted=False`` (``ib_uniform``): every channel's KL weighs the same instead of its cost;
+    ``balanced`` (``ib_balanced``): the weights rescaled per unit kind so each kind's KL pulls in the same
+    proportion to its task gradient (``objective.balance_units``).
     """
 
     explored: dict | None = field(default=None, repr=False)
     squeeze: bool = True
     keep: dict[str, int] | None = field(default=None, hash=False)
     cost_weighted: bool = True
+    balanced: bool = False
     unit: ClassVar[str] = "nats"
     title: ClassVar[str] = "Information per channel"
     trains_gates: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
-        return ("ib" if self.squeeze else "ib_oneshot") + ("" if self.cost_weighted else "_uniform")
+        return (("ib" if self.squeeze else "ib_oneshot") + ("" if self.cost_weighted else "_uniform")
+                + ("_balanced" if self.balanced else ""))
 
     def rank(self, job: RankJob) -> Ranking:
-        cfg, gates, beta = job.settings, job.gate(), job.settings.beta
+        cfg, gates, beta, kl = job.settings, job.gate(), job.settings.beta, None
         steps = steps_for(cfg.gate_epochs * (1.0 if self.squeeze else EXPLORE), job.loader)
         explore = EXPLORE if self.squeeze else 1.0
         if self.explored is not None:
             job.model.load_state_dict(self.explored["model"])
             gates.load_state_dict(self.explored["gates"])
-            beta = self.explored["beta"]
+            beta, kl = self.explored["beta"], self.explored.get("kl")
 
         def ranked() -> dict[str, torch.Tensor]:
             found = scores(gates.information(), job.cost_model.channel_costs(), cfg.rank_per_cost)
@@ -129,7 +133,7 @@ class IBRanker:
                                round_to=cfg.round_to, min_channels=cfg.min_channels, per_cost=cfg.rank_per_cost,
                                explore=0.0 if self.explored is not None else explore,
                                ranking=None if self.keep is None else ranked, cost_weighted=self.cost_weighted,
-                               verbose=job.verbose)
+                               balance=self.balanced, kl=kl, verbose=job.verbose)
         return Ranking(ranked(), gates.information(), _gate_report(pressure, steps_for(cfg.gate_epochs, job.loader)))
 
     def explore(self, job: RankJob, epochs: float) -> dict:
@@ -138,9 +142,11 @@ class IBRanker:
         cfg, gates = job.settings, job.gate()
         pressure = train_gates(job.model, gates, job.cost_model, job.loader, job.device, job.target,
                                steps_for(epochs, job.loader), beta=cfg.beta, weights=cfg.weights(), gate_lr=cfg.gate_lr,
-                               explore=1.0, cost_weighted=self.cost_weighted, verbose=job.verbose)
+                               explore=1.0, cost_weighted=self.cost_weighted, balance=self.balanced,
+                               verbose=job.verbose)
         gates.detach()
-        return {"model": job.model.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore}
+        return {"model": job.model.state_dict(), "gates": gates.state_dict(), "beta": pressure.beta_explore,
+                "kl": pressure.kl_weights}
 
     def settings(self) -> dict:
         return {"criterion": self.name, "explored": self.explored is not None}
@@ -421,8 +427,8 @@ class Allocated:
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
 DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
 GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
-_ABLATIONS = (IBRanker(squeeze=False), IBRanker(cost_weighted=False), *(Squeezed(c) for c in _CRITERIA),
-              *(Gradual(c) for c in _CRITERIA))
+_ABLATIONS = (IBRanker(squeeze=False), IBRanker(cost_weighted=False), IBRanker(balanced=True),
+              *(Squeezed(c) for c in _CRITERIA), *(Gradual(c) for c in _CRITERIA))
 RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name, *(r.name for r in _ABLATIONS))
 
 

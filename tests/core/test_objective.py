@@ -6,7 +6,7 @@ import torch
 from ibprune.core.costs import CostModel
 from ibprune.core.gates import GateSet
 from ibprune.core.groups import find_groups
-from ibprune.core.objective import GatePressure, calibrate_beta
+from ibprune.core.objective import GatePressure, balance_units, calibrate_beta, gate_pulls, kl_weights
 from ibprune.pipeline.config import CompressConfig
 from tests.core.test_prune import removal_fraction
 
@@ -71,12 +71,13 @@ def test_explore_then_squeeze(digits_net):
 
 
 def test_uniform_weights_press_every_channel_alike(digits_net):
-    """``cost_weighted=False``: explore weighs every KL by 1, the squeeze its planned channels by 1 (costs differ)."""
+    """Unweighted KL (``kl_weights(costs, False)``): explore weighs every KL by 1, the squeeze its planned channels
+    by 1 (costs differ)."""
     gates, cost_model = _setup(digits_net)
     costs = cost_model.channel_costs()
     assert len({round(float(c), 9) for w in costs.values() for c in w}) > 1  # a check that could fail
     pressure = GatePressure(gates, cost_model, target=0.5, total_steps=10, beta=0.1, round_to=1,
-                            cost_weighted=False)
+                            kl=kl_weights(costs, cost_weighted=False))
     assert all(torch.equal(w, torch.ones_like(costs[n])) for n, w in pressure.weights.items())
     mean_kl = torch.cat([g.kl() for g in gates.gates.values()]).mean()
     assert float(pressure.loss().detach()) == pytest.approx(0.1 * float(mean_kl.detach()))
@@ -84,6 +85,32 @@ def test_uniform_weights_press_every_channel_alike(digits_net):
     removed = {(n, i) for n, idxs in pressure.removal.items() for i in idxs}
     assert removed and all(v == float((n, i) in removed) for n, w in pressure.weights.items()
                            for i, v in enumerate(w.tolist()))
+
+
+def test_balanced_weights_pull_on_each_unit_kind_alike(digits_net, random_loader):
+    """Per unit kind, the KL term's pull over the task's is the same after ``balance_units``; within a kind the
+    weights keep their ratios; with one kind the weighted KL does not change."""
+    gates, cost_model = _setup(digits_net)
+    gates.eval()  # z = mu: the same task gradient in every call
+    costs, cpu = cost_model.channel_costs(), torch.device("cpu")
+    one_kind = balance_units(digits_net, gates, costs, random_loader(), cpu)
+    assert float(gates.weighted_kl(one_kind)) == pytest.approx(float(gates.weighted_kl(costs)), rel=1e-5)
+    gates.groups[0].unit = "head"  # two kinds, as in an encoder
+    kinds = {"head": [gates.groups[0].name], "channel": [g.name for g in gates.groups[1:]]}
+
+    def ratios(weights):
+        task, kl = gate_pulls(digits_net, gates, weights, random_loader(), cpu)
+        return {k: float(torch.cat([kl[n] for n in ns]).mean() / torch.cat([task[n] for n in ns]).mean())
+                for k, ns in kinds.items()}
+
+    before, balanced = ratios(costs), balance_units(digits_net, gates, costs, random_loader(), cpu)
+    after = ratios(balanced)
+    assert before["head"] / before["channel"] != pytest.approx(1.0, rel=0.05)  # a check that could fail
+    assert after["head"] == pytest.approx(after["channel"], rel=1e-4)
+    for names in kinds.values():
+        scale = {n: balanced[n] / costs[n] for n in names}
+        first = float(scale[names[0]][0])
+        assert all(torch.allclose(s, torch.full_like(s, first)) for s in scale.values())
 
 
 def test_the_squeeze_shuts_every_channel_the_budget_removes():
