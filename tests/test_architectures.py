@@ -24,7 +24,7 @@ SUPPORTED = {  # family: (model, input size)
     "resnet": ("resnet18", 64), "resnext": ("resnext50_32x4d", 64), "wide_resnet": ("wide_resnet50_2", 64),
     "mobilenet_v2": ("mobilenet_v2", 64), "mobilenet_v3": ("mobilenet_v3_small", 64),
     "efficientnet": ("efficientnet_b0", 64), "regnet": ("regnet_y_400mf", 64), "densenet": ("densenet121", 64),
-    "googlenet": ("googlenet", 64), "inception": ("inception_v3", 299), "squeezenet": ("squeezenet1_0", 64),
+    "googlenet": ("googlenet", 64), "inception": ("inception_v3", 128), "squeezenet": ("squeezenet1_0", 64),
     "mnasnet": ("mnasnet0_5", 64), "convnext": ("convnext_tiny", 64), "vit": ("vit_b_32", 224),
     "swin": ("swin_t", 224), "shufflenet": ("shufflenet_v2_x0_5", 64),
 }

@@ -154,12 +154,14 @@ def balance_units(model, gates: GateSet, weights: dict[str, torch.Tensor], loade
 
     Why: a head costs as much as dozens of FFN units, so cost-weighted KL presses heads far harder than their
     task gradient resists (IB strips them), and unweighted KL the reverse (``benchmarks/text_findings.md``).
-    Within a kind the weights keep their ratios; with one kind (a CNN) the weighting is unchanged.
+    Within a kind the weights keep their ratios; with one kind (a CNN) they are returned as they are.
     """
-    task, kl = gate_pulls(model, gates, weights, loader, device, batches)
     kinds: dict[str, list[str]] = {}
     for g in gates.groups:
         kinds.setdefault(g.unit, []).append(g.name)
+    if len(kinds) < 2:
+        return weights  # nothing to balance (and no batches drawn: the run stays what it was)
+    task, kl = gate_pulls(model, gates, weights, loader, device, batches)
     out = {}
     for names in kinds.values():
         ratio = torch.cat([task[n] for n in names]).mean() / torch.cat([kl[n] for n in names]).mean().clamp_min(1e-12)

@@ -89,12 +89,11 @@ def test_uniform_weights_press_every_channel_alike(digits_net):
 
 def test_balanced_weights_pull_on_each_unit_kind_alike(digits_net, random_loader):
     """Per unit kind, the KL term's pull over the task's is the same after ``balance_units``; within a kind the
-    weights keep their ratios; with one kind the weighted KL does not change."""
+    weights keep their ratios; with one kind they are returned as they are."""
     gates, cost_model = _setup(digits_net)
     gates.eval()  # z = mu: the same task gradient in every call
     costs, cpu = cost_model.channel_costs(), torch.device("cpu")
-    one_kind = balance_units(digits_net, gates, costs, random_loader(), cpu)
-    assert float(gates.weighted_kl(one_kind)) == pytest.approx(float(gates.weighted_kl(costs)), rel=1e-5)
+    assert balance_units(digits_net, gates, costs, random_loader(), cpu) is costs  # one kind: as they were
     gates.groups[0].unit = "head"  # two kinds, as in an encoder
     kinds = {"head": [gates.groups[0].name], "channel": [g.name for g in gates.groups[1:]]}
 
