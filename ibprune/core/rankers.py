@@ -381,7 +381,7 @@ def allocation_cost(cost_model: CostModel, groups: list[ChannelGroup], keep: dic
     cost.backward()
     marginal = torch.cat([m.grad[m.detach() > 0] for m in masks.values()])
     cheapest = float(marginal[marginal > 0].min()) if bool((marginal > 0).any()) else 0.0
-    return (float(cost) + 0.5 * cheapest) / cost_model.total
+    return (float(cost.detach()) + 0.5 * cheapest) / cost_model.total
 
 
 @dataclass(frozen=True)
