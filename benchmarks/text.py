@@ -22,18 +22,23 @@ The protocol:
   batch 1 and 32 at 128 tokens in interleaved rounds; the int8 files' test accuracy in onnxruntime.
 * ``aggregate``: ``results/text.md`` and ``results/text.json``.
 * ablations, chosen between on the validation column only: ``--widths-from M`` ranks within the widths per group
-  that method M's cell kept (the allocation swap, ``<method>_alloc_M``); ``ib_uniform`` weighs every unit's KL
-  alike instead of by its cost; ``<method>_per_cost`` ranks by information per unit of cost.
+  that method M's cell kept (the allocation swap, ``<method>_alloc_M``); ``ib_unbalanced`` weighs each unit's
+  KL by its cost alone (IB's weighting before the per-kind balance: ``objective.balance_units``);
+  ``ib_uniform_unbalanced`` weighs every unit's KL alike; ``<method>_per_cost`` ranks by information per unit of
+  cost. Cells made before IB balanced its weights were relabelled (``ib`` -> ``ib_unbalanced``, ``ib_uniform``
+  -> ``ib_uniform_unbalanced``, ``ib_balanced`` -> ``ib``).
 
 Reproduce (2 CPU cores, uncontended: a Rotten Tomatoes epoch about 7 minutes, a 20 Newsgroups one about 16):
     python benchmarks/text.py finetune --data rotten_tomatoes
     python benchmarks/text.py finetune --data 20newsgroups
     python benchmarks/text.py run --data rotten_tomatoes --methods ib taylor --budgets 0.5 0.35 --seeds 0 1
     python benchmarks/text.py run --data 20newsgroups --methods ib taylor --budgets 0.5 0.35 --seeds 0 1
-    python benchmarks/text.py run --data rotten_tomatoes --methods ib --budgets 0.5 --seeds 0 --widths-from taylor
-    python benchmarks/text.py run --data rotten_tomatoes --methods taylor --budgets 0.5 --seeds 0 --widths-from ib
-    python benchmarks/text.py run --data rotten_tomatoes --methods ib_uniform ib_uniform_per_cost --budgets 0.5 \
-        --seeds 0
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib_unbalanced --budgets 0.5 --seeds 0 \
+        --widths-from taylor
+    python benchmarks/text.py run --data rotten_tomatoes --methods taylor --budgets 0.5 --seeds 0 \
+        --widths-from ib_unbalanced
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib_unbalanced ib_uniform_unbalanced \
+        --budgets 0.5 0.35 --seeds 0 1
     python benchmarks/text.py latency --data rotten_tomatoes      # on a quiet machine
     python benchmarks/text.py aggregate
 """

@@ -1,7 +1,8 @@
 """The gate phase's objective: ``task loss + beta * sum_c w_c KL_c / sum_c w_c``, and how ``beta`` is set.
 
 The task loss bounds ``-I(Z;Y)``; ``KL_c`` bounds the information channel ``c`` passes; ``w_c`` is the channel's
-marginal cost (MACs or params), so an expensive channel must earn its keep. ``beta`` is not a knob to tune.
+marginal cost (MACs or params), so an expensive channel must earn its keep, rescaled per unit kind where a model
+has several (attention heads beside channels: ``balance_units``). ``beta`` is not a knob to tune.
 
 The phase has two parts:
 

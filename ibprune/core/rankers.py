@@ -96,16 +96,17 @@ class IBRanker:
     ``rank`` then runs only the squeeze. ``squeeze=False`` (``ib_oneshot``, an ablation): the explore part alone,
     then the channels are pruned at once, as the criteria are; the squeeze's steps go to fine-tuning. ``keep``:
     the widths to keep per group instead of the budget's (``Allocated``); the squeeze shuts the rest.
-    ``cost_weighted=False`` (``ib_uniform``): every channel's KL weighs the same instead of its cost;
-    ``balanced`` (``ib_balanced``): the weights rescaled per unit kind so each kind's KL pulls in the same
-    proportion to its task gradient (``objective.balance_units``).
+    ``balanced``: the KL weights rescaled per unit kind (attention heads, channels) so each kind's KL pulls in
+    the same proportion to its task gradient (``objective.balance_units``; a no-op with one kind, as in a CNN);
+    ``balanced=False`` (``ib_unbalanced``) weighs by cost alone, which on an encoder strips the heads.
+    ``cost_weighted=False`` (``ib_uniform``): every channel's KL weighs the same instead of its cost.
     """
 
     explored: dict | None = field(default=None, repr=False)
     squeeze: bool = True
     keep: dict[str, int] | None = field(default=None, hash=False)
     cost_weighted: bool = True
-    balanced: bool = False
+    balanced: bool = True
     unit: ClassVar[str] = "nats"
     title: ClassVar[str] = "Information per channel"
     trains_gates: ClassVar[bool] = True
@@ -113,7 +114,7 @@ class IBRanker:
     @property
     def name(self) -> str:
         return (("ib" if self.squeeze else "ib_oneshot") + ("" if self.cost_weighted else "_uniform")
-                + ("_balanced" if self.balanced else ""))
+                + ("" if self.balanced else "_unbalanced"))
 
     def rank(self, job: RankJob) -> Ranking:
         cfg, gates, beta, kl = job.settings, job.gate(), job.settings.beta, None
@@ -427,7 +428,8 @@ class Allocated:
 # The settings torch-pruning's CIFAR scripts use (reg 5e-4 for DepGraph's, 1e-4 for GReg's); tune per task.
 DEPGRAPH_SL = SparseLearning("depgraph_sl", tp.pruner.GroupNormPruner, reg=5e-4)
 GREG = SparseLearning("greg", tp.pruner.GrowingRegPruner, reg=1e-4, growths=10, delta_reg=1e-4)
-_ABLATIONS = (IBRanker(squeeze=False), IBRanker(cost_weighted=False), IBRanker(balanced=True),
+_ABLATIONS = (IBRanker(squeeze=False), IBRanker(cost_weighted=False), IBRanker(balanced=False),
+              IBRanker(cost_weighted=False, balanced=False),
               *(Squeezed(c) for c in _CRITERIA), *(Gradual(c) for c in _CRITERIA))
 RANKERS = ("ib", *CRITERIA, DEPGRAPH_SL.name, GREG.name, *(r.name for r in _ABLATIONS))
 

@@ -74,8 +74,8 @@ class CompressConfig:
     criterion: Any = _setting("ib", "how channels are ranked: ib (the gates) or, for comparisons, torch-pruning's "
                                     "l1, l2, bn, taylor, random, lamp, fpgm, or its sparse learning depgraph_sl, "
                                     "greg (which train the weights first, for their own epochs); ablations: "
-                                    "ib_oneshot, ib_uniform (KL not weighted by cost), ib_balanced (KL weights "
-                                    "rescaled per unit kind: heads, channels), <criterion>_squeeze (IB's "
+                                    "ib_oneshot, ib_uniform (KL not weighted by cost), ib_unbalanced (KL "
+                                    "weights not rescaled per unit kind: heads, channels), <criterion>_squeeze (IB's "
                                     "schedule), <criterion>_iter (iterative); compress() also takes a ranker object "
                                     "(ibprune.core.rankers.Ranker)", "train", str)
     rank_per_cost: bool = _setting(False, "rank IB channels by information per unit cost (an ablation)", "train")

@@ -317,8 +317,8 @@ def test_an_encoders_allocation_is_pruned_exactly():
 
 
 def test_a_balanced_explore_hands_its_kl_weights_to_each_budgets_squeeze(digits_net, random_loader, monkeypatch):
-    """``ib_balanced`` rescales the KL weights per unit kind once, in the explore; a sweep's squeeze per budget
-    reuses those weights with the explore's beta instead of re-balancing on the explored network."""
+    """IB (balanced by default) rescales the KL weights per unit kind once, in the explore; a sweep's squeeze per
+    budget reuses those weights with the explore's beta instead of re-balancing on the explored network."""
     import ibprune.core.rankers as rankers
     from ibprune.core.costs import CostModel
     from ibprune.core.rankers import IBRanker, RankJob, ranker
@@ -333,13 +333,13 @@ def test_a_balanced_explore_hands_its_kl_weights_to_each_budgets_squeeze(digits_
         return RankJob(digits_net, groups, cost_model, x, loader, torch.device("cpu"), 0.5,
                        CompressConfig(macs=0.5, gate_epochs=1.0, round_to=1).for_model(False), verbose=False)
 
-    assert ranker("ib_balanced") == IBRanker(balanced=True)
-    explored = IBRanker(balanced=True).explore(job(), 0.5)
+    assert ranker("ib") == IBRanker() and IBRanker().balanced and ranker("ib_unbalanced") == IBRanker(balanced=False)
+    explored = IBRanker().explore(job(), 0.5)
     costs = cost_model.channel_costs()
     scale = {g.name: float((explored["kl"][g.name] / costs[g.name]).mean()) for g in groups}
     assert scale[groups[0].name] != pytest.approx(scale[groups[1].name], rel=0.05)  # the kinds were rescaled
     assert scale[groups[1].name] == pytest.approx(scale[groups[-1].name], rel=1e-5)  # one factor per kind
     seen, real = [], rankers.train_gates
     monkeypatch.setattr(rankers, "train_gates", lambda *a, **k: seen.append(k) or real(*a, **k))
-    IBRanker(balanced=True, explored=explored).rank(job())
+    IBRanker(explored=explored).rank(job())
     assert seen[0]["kl"] is explored["kl"] and seen[0]["beta"] == explored["beta"]
