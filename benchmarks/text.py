@@ -39,7 +39,7 @@ Reproduce (2 CPU cores, uncontended: a Rotten Tomatoes epoch about 7 minutes, a 
         --widths-from ib_unbalanced
     python benchmarks/text.py run --data rotten_tomatoes --methods ib_unbalanced ib_uniform_unbalanced \
         --budgets 0.5 0.35 --seeds 0 1
-    python benchmarks/text.py latency --data rotten_tomatoes      # on a quiet machine
+    python benchmarks/text.py latency --data rotten_tomatoes --methods ib taylor ib_unbalanced  # quiet machine
     python benchmarks/text.py aggregate
 """
 
@@ -238,9 +238,11 @@ def cmd_run(args) -> None:
 VARIANTS = ("fp32", "int8_dynamic", "int8_static")
 
 
-def onnx_files(data: str) -> dict[str, Path]:
-    """The dense model's ONNX file (every cell exports the same one) and each finished cell's, by name."""
-    cells = sorted(p.stem for p in CELLS.glob(f"{data}-*.json"))
+def onnx_files(data: str, methods: list[str] | None = None) -> dict[str, Path]:
+    """The dense model's ONNX file (every cell exports the same one) and each finished cell's (of ``methods``
+    only, when given), by name."""
+    cells = sorted(p.stem for p in CELLS.glob(f"{data}-*.json")
+                   if methods is None or json.loads(p.read_text())["method"] in methods)
     found = {stem: WORK / stem / "model.onnx" for stem in cells if (WORK / stem / "model.onnx").exists()}
     originals = [WORK / stem / "original.onnx" for stem in cells if (WORK / stem / "original.onnx").exists()]
     if not originals:
@@ -270,7 +272,7 @@ def cmd_latency(args) -> None:
     _, tokenizer, _ = finetuned(args.data)
     loaders = splits(args.data, tokenizer)
     calibration = calibration_inputs(loaders["train"], 256)
-    files = {name: int8_variants(path, calibration) for name, path in onnx_files(args.data).items()}
+    files = {name: int8_variants(path, calibration) for name, path in onnx_files(args.data, args.methods).items()}
     path = RESULTS / f"latency-{args.data}.json"
     old = json.loads(path.read_text())["files"] if path.exists() else {}
     accuracy = {name: {v: old.get(name, {}).get(v, {}).get("accuracy") for v in VARIANTS[1:]} for name in files}
@@ -411,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--runs", type=int, default=20)
     t.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    t.add_argument("--methods", nargs="+", help="time only these methods' files beside the dense one (the file "
+                   "then holds only them: timings compare only within one run)")
     sub.add_parser("aggregate", help="results/text.md and results/text.json")
     args = p.parse_args(argv)
     {"finetune": cmd_finetune, "run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
