@@ -76,8 +76,15 @@ def test_a_group_search_that_does_not_finish_is_stopped_with_a_reason(monkeypatc
         ibprune.check_model(_model("resnet18"), torch.randn(1, 3, 64, 64), macs=0.6)
 
 
-@pytest.mark.parametrize("mutant", sorted(MUTANTS))
-@pytest.mark.parametrize("family", sorted(SUPPORTED))
+# Every mutant on a family of each structure (a residual add, a concat, a channel shuffle, squeeze-and-excitation
+# with depthwise convs, attention heads), and the plainest on every family; `pytest -m slow` runs the whole matrix.
+STRUCTURES = {"resnet", "squeezenet", "shufflenet", "mobilenet_v3", "swin"}
+WRONG_PRUNES = [pytest.param(family, mutant, id=f"{family}-{mutant}",
+                             marks=() if family in STRUCTURES or mutant == "wrong_channels" else pytest.mark.slow)
+                for family in sorted(SUPPORTED) for mutant in sorted(MUTANTS)]
+
+
+@pytest.mark.parametrize(("family", "mutant"), WRONG_PRUNES)
 def test_a_wrong_prune_fails_the_check_naming_the_group(family, mutant, monkeypatch):
     name, size = SUPPORTED[family]
     model = _model(name)
