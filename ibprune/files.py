@@ -1,4 +1,5 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename over the final name."""
+"""Atomic file output (write to a temporary file in the same folder, then rename over the final name) and the
+cache folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where work worth keeping between runs goes (decoded datasets, the demo's trained model):
+    ``$IBPRUNE_CACHE`` or ``~/.cache/ibprune``."""
+    return Path(os.environ.get("IBPRUNE_CACHE", Path.home() / ".cache" / "ibprune"))
 
 
 @contextmanager

@@ -117,52 +117,62 @@ class CostModel:
         """``fraction`` for removals made of blocks, fast: ``f(counts)`` is the fraction when each group ``g``
         loses its first ``counts[g]`` blocks of ``blocks[g]`` (positions), in plain floats from tables built
         once. ``plan_removal`` evaluates thousands of candidate removals, most a block or two away from the
-        last one computed in full: those recompute only the layers the changed groups touch (the same value a
-        full computation gives, the layers summed exactly by ``math.fsum``)."""
+        last one computed in full: for those, each side of a layer (its inputs, its outputs) updates its count
+        of kept channels by the changed groups' differences alone (whole numbers, so exactly), and only the
+        layers those groups touch are recomputed: the same value a full computation gives, the layers summed
+        exactly by ``math.fsum``."""
+        sides: list[tuple[float, int]] = []  # (channels no block of any group reaches, width)
+        rows: dict[str, list[tuple[int, list[float]]]] = {}  # group -> (side, kept channels after k blocks)
+        touches: dict[str, set[int]] = {}  # group -> the layers whose cost it changes
+        layers = []  # (base, bias, input side or None, output side or None)
 
-        def table(entries: list[tuple[str, torch.Tensor]]) -> list[tuple[str | None, list[float]]]:
-            rows = []
+        def side(entries: list[tuple[str, torch.Tensor]], n: int, layer: int) -> int | None:
+            if not entries or not n:
+                return None
+            free = float(n - sum(len(pos) for _, pos in entries))
             for g, pos in entries:
-                seen = Counter(pos.tolist())
-                kept = [float(len(pos))]
-                for block in blocks.get(g, []):
+                if g not in blocks:  # a group that never loses a block here keeps all its positions
+                    free += len(pos)
+                    continue
+                seen, kept = Counter(pos.tolist()), [float(len(pos))]
+                for block in blocks[g]:
                     kept.append(kept[-1] - sum(seen[i] for i in block))
-                rows.append((g if g in blocks else None, kept))
-            return rows
+                rows.setdefault(g, []).append((len(sides), kept))
+                touches.setdefault(g, set()).add(layer)
+            sides.append((free, n))
+            return len(sides) - 1
 
-        sides, touches = [], {}  # touches: group -> the layers whose cost it changes
         for t in self.terms:
-            ins = (t.n_in - sum(len(p) for _, p in t.inputs), t.n_in, table(t.inputs)) if t.inputs and t.n_in else None
-            outs = (t.n_out - sum(len(p) for _, p in t.outputs), t.n_out, table(t.outputs)) \
-                if t.outputs and t.n_out else None
-            for side in (ins, outs):
-                for g, _ in side[2] if side else ():
-                    touches.setdefault(g, set()).add(len(sides))
-            sides.append((t.base, t.bias, ins, outs))
+            i = len(layers)
+            layers.append((t.base, t.bias, side(t.inputs, t.n_in, i), side(t.outputs, t.n_out, i)))
 
-        def kept(side, counts: dict[str, int]) -> float:
-            if side is None:
-                return 1.0
-            free, n, rows = side
-            return (free + sum(k[counts.get(g, 0)] if g else k[0] for g, k in rows)) / n
+        def layer(i: int, kept: list[float]) -> float:
+            b, bias, ins, outs = layers[i]
+            share_in = 1.0 if ins is None else kept[ins] / sides[ins][1]
+            share_out = 1.0 if outs is None else kept[outs] / sides[outs][1]
+            return ((b - bias) * share_in + bias) * share_out
 
-        def layer(i: int, counts: dict[str, int]) -> float:
-            b, bias, ins, outs = sides[i]
-            return ((b - bias) * kept(ins, counts) + bias) * kept(outs, counts)
-
-        last: dict = {}  # the counts last computed in full, and each layer's cost there
+        last: dict = {}  # the counts last computed in full: each side's kept channels, each layer's cost
 
         def fraction(counts: dict[str, int]) -> float:
             base = last.get("counts")
             changed = None if base is None else \
                 [g for g in counts.keys() | base.keys() if counts.get(g, 0) != base.get(g, 0)]
             if changed is None or len(changed) > 4:
-                values = [layer(i, counts) for i in range(len(sides))]
-                last.update(counts=dict(counts), values=values)
+                kept = [free for free, _ in sides]
+                for g, entries in rows.items():
+                    for s, k in entries:
+                        kept[s] += k[counts.get(g, 0)]
+                values = [layer(i, kept) for i in range(len(layers))]
+                last.update(counts=dict(counts), kept=kept, values=values)
             else:
-                values = list(last["values"])
+                kept, values = list(last["kept"]), list(last["values"])
+                for g in changed:
+                    new, old = counts.get(g, 0), base.get(g, 0)
+                    for s, k in rows.get(g, ()):
+                        kept[s] += k[new] - k[old]
                 for i in set().union(*(touches.get(g, ()) for g in changed)):
-                    values[i] = layer(i, counts)
+                    values[i] = layer(i, kept)
             return (self.constant + math.fsum(values)) / self.total
 
         return fraction

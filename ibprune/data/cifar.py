@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -20,14 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ibprune.data.loaders import IMAGENET_MEAN, IMAGENET_STD
-from ibprune.files import atomic_path
+from ibprune.files import atomic_path, cache_dir
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def cache_dir() -> Path:
-    """Where decoded datasets are kept: ``$IBPRUNE_CACHE`` or ``~/.cache/ibprune``."""
-    return Path(os.environ.get("IBPRUNE_CACHE", Path.home() / ".cache" / "ibprune"))
 
 
 def detect(root: str | Path) -> str:

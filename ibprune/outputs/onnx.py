@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +19,65 @@ from ibprune.core.probes import random_like, widened
 from ibprune.errors import ExportMismatchError
 from ibprune.files import atomic_path
 
+#: The last few exports (a fingerprint of the network and its input -> the file written, its size and time), so
+#: that exporting the same network again (the original model, once per budget of a sweep, or in each run of a
+#: session) copies the file instead of tracing the network again: the exporter takes seconds even for a small
+#: network.
+_EXPORTED: OrderedDict[str, tuple[Path, int, int]] = OrderedDict()
+_REMEMBERED = 2
+
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike) -> Path:
     """Export ``model`` (a CPU float32 copy, eval mode) to ``path`` with a dynamic batch dimension (and the
     dimensions ``model.dynamic_dims`` names).
 
     Uses ``torch.onnx.export``'s default (dynamo) exporter with weights embedded in the file, writes atomically
-    and runs ``onnx.checker`` on the result.
+    and runs ``onnx.checker`` on the result. A network exported moments ago with the same input (the same
+    classes, structure, weights and buffers: ``_fingerprint``) is copied from that file, if it is still there
+    unchanged.
     """
     path = Path(path)
     cpu = copy.deepcopy(model).cpu().float().eval()
     x = widened(example_input.detach().cpu(), torch.float32)
     x = torch.cat([x, x]) if x.shape[0] == 1 else x  # a batch of 1 would be specialised away
+    key = _fingerprint(cpu, x)
+    earlier = _EXPORTED.get(key)
     with atomic_path(path, suffix=".onnx") as tmp:
-        torch.onnx.export(cpu, (x,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=(_dynamic(cpu),), external_data=False,
-                          verbose=False)
+        if earlier is not None and _unchanged(*earlier):
+            shutil.copyfile(earlier[0], tmp)
+        else:
+            torch.onnx.export(cpu, (x,), str(tmp), input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=(_dynamic(cpu),), external_data=False, verbose=False)
         onnx.checker.check_model(str(tmp))
+    for other in [k for k, (p, _, _) in _EXPORTED.items() if p == path.resolve()]:
+        del _EXPORTED[other]  # that file is this network's now
+    stat = path.stat()
+    _EXPORTED[key] = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    _EXPORTED.move_to_end(key)
+    while len(_EXPORTED) > _REMEMBERED:
+        _EXPORTED.popitem(last=False)
     return path
+
+
+def _unchanged(path: Path, size: int, mtime_ns: int) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime_ns) == (size, mtime_ns)
+
+
+def _fingerprint(model: nn.Module, x: torch.Tensor) -> str:
+    """What decides the exported file: each module's class (the very class object, so a class defined again
+    in a session is another network), the structure as printed, every parameter and buffer, the declared
+    dynamic dimensions, the input's shape and type, and torch's version."""
+    h = hashlib.sha256()
+    h.update(repr((model, [id(type(m)) for m in model.modules()], getattr(model, "dynamic_dims", {}),
+                   tuple(x.shape), x.dtype, torch.__version__)).encode())
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        h.update(repr((name, t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _dynamic(model: nn.Module) -> dict[int, torch.export.Dim]:

@@ -39,6 +39,25 @@ def test_parity_is_relative_to_the_output_scale(digits_net, tmp_path):
         check_parity(path, digits_net, torch.randn(1, 1, 8, 8))
 
 
+def test_the_same_network_exported_again_is_copied_and_any_change_exports_anew(digits_net, tmp_path, monkeypatch):
+    x = torch.randn(1, 1, 8, 8)
+    first = export_onnx(digits_net, x, tmp_path / "a.onnx")
+    traced = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: traced.append(1) or real(*a, **k))
+    copied = export_onnx(digits_net, x, tmp_path / "b.onnx")  # e.g. the original model, in the next budget
+    assert not traced and copied.read_bytes() == first.read_bytes()
+    with torch.no_grad():
+        digits_net.head.bias.add_(1.0)  # another network: traced, and its file is its own
+    export_onnx(digits_net, x, tmp_path / "c.onnx")
+    assert traced == [1] and check_parity(tmp_path / "c.onnx", digits_net, x) < 1e-4
+    export_onnx(digits_net, torch.randn(1, 1, 8, 8), tmp_path / "a.onnx")  # a.onnx now holds the new network
+    with torch.no_grad():
+        digits_net.head.bias.sub_(1.0)  # the first network again, whose file was overwritten
+    export_onnx(digits_net, x, tmp_path / "d.onnx")
+    assert len(traced) == 2 and check_parity(tmp_path / "d.onnx", digits_net, x) < 1e-4
+
+
 def test_a_failed_export_leaves_no_file(tmp_path):
     class Bad(torch.nn.Module):
         def forward(self, x):

@@ -62,7 +62,9 @@ def test_params_budget(digits_net, random_loader):
     assert result.report["original"]["accuracy"] is None
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+# MobileNetV2's depthwise groups pass check_model's budget and ONNX checks in tests/test_architectures.py; the
+# whole pipeline on it (two exports of it alone take half a minute) runs with `pytest -m slow`
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenet_v2", marks=pytest.mark.slow)])
 def test_budget_holds_on_torchvision_models(name, random_loader, tmp_path):
     import onnxruntime as ort
 
@@ -92,18 +94,6 @@ def test_budget_holds_on_torchvision_models(name, random_loader, tmp_path):
 def test_bad_budgets_are_refused(kwargs, message):
     with pytest.raises(BudgetError, match=message):
         budget_of(kwargs.get("macs"), kwargs.get("params"), kwargs.get("latency"))
-
-
-def test_demo_meets_its_promise():
-    """The README's claim: the digits CNN at <= 50 % MACs stays within 2 points of its accuracy."""
-    from ibprune.data.loaders import digits_loaders
-    from ibprune.demo import DEMO, pretrained_digits_net
-
-    train, test = digits_loaders()
-    result = ibprune.compress(pretrained_digits_net(), train, test, latency_runs=5, verbose=False, **DEMO)
-    rep = result.report
-    assert rep["achieved"]["macs"] <= 0.5
-    assert rep["compressed"]["accuracy"] >= rep["original"]["accuracy"] - 0.02
 
 
 def test_same_seed_same_architecture(digits_net, random_loader):
