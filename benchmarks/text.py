@@ -46,6 +46,7 @@ Reproduce (2 CPU cores, uncontended: a Rotten Tomatoes epoch about 7 minutes, a 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -319,11 +320,12 @@ def cmd_macs(args) -> None:
         compressed = WORK / path.stem / "compressed.pt"
         if not compressed.exists():
             continue
-        slim = ibprune.load_compressed(finetuned(args.data)[0], compressed)
+        slim = ibprune.load_compressed(copy.deepcopy(dense), compressed)  # loaded once, not once a cell
         counted = {n: count(slim, x) for n, x in examples.items()}
         out[path.stem] = {f"tokens_{n}": {"macs": m / full[n][0], "params": q / full[n][1]}
                           for n, (m, q) in counted.items()}
     write_json(RESULTS / f"macs-{args.data}.json", {"data": args.data, "command": " ".join(sys.argv),
+                                                    "environment": environment(),
                                                     "dense": {f"tokens_{n}": {"macs": m, "params": q}
                                                               for n, (m, q) in full.items()}, "cells": out})
     print(f"wrote {RESULTS / f'macs-{args.data}.json'}")
