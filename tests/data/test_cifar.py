@@ -12,11 +12,12 @@ from ibprune.data.cifar import TensorLoader, cifar10_loaders, detect, load_cifar
 from ibprune.models.cifar_resnet import CifarResNet, ConvShortcut, cifar_resnet20, cifar_resnet56
 from ibprune.weights import load_weights
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the repository
 MODELS = SHARED / "models" / "cifar10-resnet"
 DATA = SHARED / "data" / "cifar10-jpeg"
 needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason=f"pretrained checkpoints not found at {MODELS}")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"CIFAR-10 JPEG tarballs not found at {DATA}")
+DEEPER = pytest.mark.slow  # ResNet-56 repeats ResNet-20's checks at 3x the depth and cost: `pytest -m slow`
 
 
 def test_conv_shortcut_is_option_a_exactly():
@@ -41,7 +42,7 @@ def test_bad_depth():
 
 @needs_models
 @pytest.mark.parametrize(("factory", "name"), [(cifar_resnet20, "resnet20-12fca82f.th"),
-                                               (cifar_resnet56, "resnet56-4bfd9763.th")])
+                                               pytest.param(cifar_resnet56, "resnet56-4bfd9763.th", marks=DEEPER)])
 def test_checkpoints_load_into_both_forms_with_equal_logits(factory, name):
     conv = load_weights(factory(), MODELS / name).eval()
     pad = load_weights(factory(shortcut="pad"), MODELS / name).eval()
@@ -54,8 +55,9 @@ def test_checkpoints_load_into_both_forms_with_equal_logits(factory, name):
 
 @needs_models
 @needs_data
-@pytest.mark.parametrize(("factory", "name", "accuracy"), [(cifar_resnet20, "resnet20-12fca82f.th", 0.810),
-                                                           (cifar_resnet56, "resnet56-4bfd9763.th", 0.832)])
+@pytest.mark.parametrize(("factory", "name", "accuracy"), [
+    (cifar_resnet20, "resnet20-12fca82f.th", 0.810),
+    pytest.param(cifar_resnet56, "resnet56-4bfd9763.th", 0.832, marks=DEEPER)])
 def test_pretrained_accuracy_on_the_jpeg_test_set(factory, name, accuracy):
     """The figures in ../shared/README.md: JPEG costs ~10 points against the lossless 91.8 / 93.6 %."""
     _, _, test = cifar10_loaders(DATA)
