@@ -331,6 +331,84 @@ def cmd_macs(args) -> None:
     print(f"wrote {RESULTS / f'macs-{args.data}.json'}")
 
 
+CATEGORIES = (("linear", "a weight's matrix product (the FFN units' and the heads' projections)"),
+              ("attention", "a product of two activations (each head's scores and its weighted values)"),
+              ("softmax", "Softmax"), ("norm", "LayerNormalization and its fused forms"),
+              ("activation", "Gelu, Erf and their fused forms"),
+              ("shape", "Transpose, Reshape, Concat, Slice, Gather and the like: moving data, no arithmetic"),
+              ("elementwise", "Add, Mul, Div, Sub, Where, Cast, Sqrt and other arithmetic per element"))
+SHAPE_OPS = {"Transpose", "Reshape", "Concat", "Slice", "Gather", "Split", "Unsqueeze", "Squeeze", "Shape",
+             "Expand", "Identity", "Flatten", "ConstantOfShape", "Range", "Tile"}
+
+
+def _category(node, weights: set[str]) -> str:
+    op = node.op_type
+    if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul"):
+        return "linear" if any(i in weights for i in node.input) else "attention"
+    if op == "Softmax":
+        return "softmax"
+    if "LayerNorm" in op or "SimplifiedLayerNorm" in op:
+        return "norm"
+    if "Gelu" in op or op == "Erf":
+        return "activation"
+    return "shape" if op in SHAPE_OPS else "elementwise"
+
+
+def op_profile(path: Path, example: torch.Tensor, batch: int, threads: int, runs: int) -> dict:
+    """Where onnxruntime spends one file's time at ``batch`` (its profiler over ``runs`` runs, as it optimises
+    the graph): milliseconds a run and nodes per category (``CATEGORIES``), and the whole run's p50."""
+    import onnx
+    import onnxruntime as ort
+
+    scratch = WORK / "profile"
+    scratch.mkdir(parents=True, exist_ok=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.optimized_model_filepath = str(scratch / "optimised.onnx")
+    opts.enable_profiling, opts.profile_file_prefix = True, str(scratch / "trace")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(scratch / "optimised.onnx").graph
+    weights = {i.name for i in graph.initializer}
+    kind = {n.name: _category(n, weights) for n in graph.node}
+    repeats = (-(-batch // len(example)), *[1] * (example.dim() - 1))
+    feed = {sess.get_inputs()[0].name: example.repeat(*repeats)[:batch].numpy()}
+    walls = []
+    for _ in range(runs + 2):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        walls.append(1e3 * (time.perf_counter() - start))
+    trace = Path(sess.end_profiling())
+    spent: dict[str, float] = dict.fromkeys((c for c, _ in CATEGORIES), 0.0)
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            spent[kind.get(event["name"].removesuffix("_kernel_time"), "elementwise")] += event["dur"]
+    trace.unlink()
+    nodes = {c: sum(k == c for k in kind.values()) for c, _ in CATEGORIES}
+    return {"p50_ms": float(np.median(walls[2:])), "ms_per_run": {c: t / 1e3 / (runs + 2) for c, t in spent.items()},
+            "nodes": nodes}
+
+
+def cmd_profile(args) -> None:
+    """Per file, onnxruntime's time by kind of operation at batch 32 and 128 tokens (fp32 and dynamic int8):
+    the dense file and the cells of ``--methods`` at ``--budget``, seed by seed."""
+    _, tokenizer, _ = finetuned(args.data)
+    example = encode(read_dataset(args.data)[1][0][:BATCH], tokenizer, LATENCY_SEQ)
+    wanted = {cell_name(args.data, m, args.budget, s) for m in args.methods for s in args.seeds}
+    files = {k: v for k, v in onnx_files(args.data, args.methods).items() if k == "dense" or k in wanted}
+    out = {}
+    for name, fp32 in files.items():
+        dynamic = fp32.with_name(f"{fp32.stem}.int8_dynamic.onnx")
+        variants = {"fp32": fp32, **({"int8_dynamic": dynamic} if dynamic.exists() else {})}
+        out[name] = {v: op_profile(p, example, BATCH, args.threads, args.runs) for v, p in variants.items()}
+        print(name, {v: round(r["p50_ms"], 1) for v, r in out[name].items()}, flush=True)
+    path = RESULTS / f"profile-{args.data}.json"
+    write_json(path, {"data": args.data, "seq_len": LATENCY_SEQ, "batch": BATCH, "threads": args.threads,
+                      "runs": args.runs, "categories": dict(CATEGORIES), "command": " ".join(sys.argv),
+                      "environment": environment(), "files": out})
+    print(f"wrote {path}")
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -449,10 +527,17 @@ def main(argv: list[str] | None = None) -> None:
                    "then holds only them: timings compare only within one run)")
     m = sub.add_parser("macs", help="each cell's MACs at the data's sequence length and at 128 tokens")
     m.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
+    o = sub.add_parser("profile", help="onnxruntime's time by kind of operation in the dense and cells' files")
+    o.add_argument("--data", choices=sorted(SEQ_LEN), required=True)
+    o.add_argument("--methods", nargs="+", default=["ib", "taylor"])
+    o.add_argument("--budget", type=float, default=0.5)
+    o.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    o.add_argument("--runs", type=int, default=20)
+    o.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     sub.add_parser("aggregate", help="results/text.md and results/text.json")
     args = p.parse_args(argv)
     {"finetune": cmd_finetune, "run": cmd_run, "latency": cmd_latency, "macs": cmd_macs,
-     "aggregate": cmd_aggregate}[args.command](args)
+     "profile": cmd_profile, "aggregate": cmd_aggregate}[args.command](args)
 
 
 if __name__ == "__main__":
