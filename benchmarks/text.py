@@ -373,7 +373,8 @@ def _category(node, weights: set[str]) -> str:
 
 def op_profile(path: Path, example: torch.Tensor, batch: int, threads: int, runs: int) -> dict:
     """Where onnxruntime spends one file's time at ``batch`` (its profiler over ``runs`` runs, as it optimises
-    the graph): milliseconds a run and nodes per category (``CATEGORIES``), and the whole run's p50."""
+    the graph): milliseconds a run (the mean over every run, 2 warm-up runs included) and nodes per category
+    (``CATEGORIES``), and the p50 of whole runs after the warm-up."""
     import onnx
     import onnxruntime as ort
 
