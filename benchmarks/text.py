@@ -364,7 +364,7 @@ def _category(node, weights: set[str]) -> str:
         return "linear" if any(i in weights for i in node.input) else "attention"
     if op == "Softmax":
         return "softmax"
-    if "LayerNorm" in op or "SimplifiedLayerNorm" in op:
+    if "LayerNorm" in op:  # LayerNormalization, SkipLayerNormalization, SimplifiedLayerNormalization
         return "norm"
     if "Gelu" in op or op == "Erf":
         return "activation"
