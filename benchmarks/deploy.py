@@ -286,6 +286,40 @@ def plot(cells: list[dict], path: Path) -> None:
     write_figure(path, fig)
 
 
+def profiled_runs(path: Path, feed: np.ndarray, threads: int, runs: int, scratch: Path,
+                  spinning: bool = True):
+    """Run one file ``runs`` + 2 times (2 warm-up) under onnxruntime's profiler: the graph as onnxruntime
+    optimised it, each node's kernel time summed over every run (microseconds, by node name) with its operator,
+    and each run's wall time (ms). The part every per-operator breakdown shares; the grouping is the caller's."""
+    import onnx
+    import onnxruntime as ort
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.optimized_model_filepath = str(scratch / "optimised.onnx")
+    opts.enable_profiling, opts.profile_file_prefix = True, str(scratch / "trace")
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(scratch / "optimised.onnx").graph
+    name = sess.get_inputs()[0].name
+    walls = []
+    for _ in range(runs + 2):
+        start = time.perf_counter()
+        sess.run(None, {name: feed})
+        walls.append(1e3 * (time.perf_counter() - start))
+    trace = Path(sess.end_profiling())
+    kernels: dict[str, tuple[str, float]] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = event["name"].removesuffix("_kernel_time")
+            op, spent = kernels.get(node, (event["args"]["op_name"], 0.0))
+            kernels[node] = (op, spent + event["dur"])
+    trace.unlink()
+    return graph, kernels, walls
+
+
 def environment() -> dict:
     import onnxruntime
 

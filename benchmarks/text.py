@@ -230,9 +230,12 @@ def cmd_run(args) -> None:
         for budget in args.budgets:
             for method in args.methods:
                 path = CELLS / f"{cell_name(args.data, label(method, args), budget, seed)}.json"
-                if path.exists():
+                old = json.loads(path.read_text()) if path.exists() else None
+                if old and not args.rebuild:
                     continue
                 record = run_cell(args, method, budget, seed)
+                if old:  # the same cell made again: does it reproduce the committed one?
+                    record["rebuilt_from"] = {k: old[k] for k in ("test_accuracy", "val_accuracy", "seconds")}
                 write_json(path, record)
                 print(f"{path.name}: test {record['test_accuracy']:.4f} (dense {record['dense_test_accuracy']:.4f}),"
                       f" macs {record['macs']:.3f}, params {record['params']:.3f}, {record['seconds']} s",
@@ -375,33 +378,16 @@ def op_profile(path: Path, example: torch.Tensor, batch: int, threads: int, runs
     """Where onnxruntime spends one file's time at ``batch`` (its profiler over ``runs`` runs, as it optimises
     the graph): milliseconds a run (the mean over every run, 2 warm-up runs included) and nodes per category
     (``CATEGORIES``), and the p50 of whole runs after the warm-up."""
-    import onnx
-    import onnxruntime as ort
+    from deploy import profiled_runs
 
-    scratch = WORK / "profile"
-    scratch.mkdir(parents=True, exist_ok=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    opts.optimized_model_filepath = str(scratch / "optimised.onnx")
-    opts.enable_profiling, opts.profile_file_prefix = True, str(scratch / "trace")
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    graph = onnx.load(scratch / "optimised.onnx").graph
+    repeats = (-(-batch // len(example)), *[1] * (example.dim() - 1))
+    feed = example.repeat(*repeats)[:batch].numpy()
+    graph, kernels, walls = profiled_runs(path, feed, threads, runs, WORK / "profile", spinning=False)
     weights = {i.name for i in graph.initializer}
     kind = {n.name: _category(n, weights) for n in graph.node}
-    repeats = (-(-batch // len(example)), *[1] * (example.dim() - 1))
-    feed = {sess.get_inputs()[0].name: example.repeat(*repeats)[:batch].numpy()}
-    walls = []
-    for _ in range(runs + 2):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        walls.append(1e3 * (time.perf_counter() - start))
-    trace = Path(sess.end_profiling())
     spent: dict[str, float] = dict.fromkeys((c for c, _ in CATEGORIES), 0.0)
-    for event in json.loads(trace.read_text()):
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            spent[kind.get(event["name"].removesuffix("_kernel_time"), "elementwise")] += event["dur"]
-    trace.unlink()
+    for node, (_, us) in kernels.items():
+        spent[kind.get(node, "elementwise")] += us
     nodes = {c: sum(k == c for k in kind.values()) for c, _ in CATEGORIES}
     return {"p50_ms": float(np.median(walls[2:])), "ms_per_run": {c: t / 1e3 / (runs + 2) for c, t in spent.items()},
             "nodes": nodes}
@@ -542,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--latency-runs", type=int, default=5, help="in-run timing (contended: `latency` re-times)")
     r.add_argument("--widths-from", metavar="METHOD", help="rank within the widths per group that this method's "
                    "cell kept (same budget and seed): the allocation swap (label <method>_alloc_<METHOD>)")
+    r.add_argument("--rebuild", action="store_true", help="run cells whose record exists again (their ONNX files "
+                   "stay on the machine that made them); the new record keeps the old one's accuracies as "
+                   "'rebuilt_from'")
     r.add_argument("--device", default="auto")
     r.add_argument("--verbose", action="store_true")
     t = sub.add_parser("latency", help="time every cell's ONNX file, fp32 and int8, at 128 tokens (quiet machine)")

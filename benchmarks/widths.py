@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deploy import SHARED, environment, time_interleaved, timing_settings, write_results  # noqa: E402
+from deploy import SHARED, environment, profiled_runs, time_interleaved, timing_settings, write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CELLS = RESULTS / "widths" / "cells"
@@ -205,34 +205,20 @@ def layout(path: Path, x: torch.Tensor, batch: int, threads: int, runs: int) -> 
     """What onnxruntime makes of one file: the optimised graph's operators (``domain:op``), the layout
     conversions among them, and each operator's share of the time at ``batch`` (its profiler, ``runs`` runs)."""
     import numpy as np
-    import onnx
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    opts.optimized_model_filepath = str(WORK / "optimised.onnx")  # scratch: the graph as onnxruntime runs it
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(WORK / "profile")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    graph = onnx.load(WORK / "optimised.onnx").graph
+    feed = np.zeros((batch, *x.shape[1:]), np.float32)
+    graph, kernels, _ = profiled_runs(path, feed, threads, runs, WORK)
     ops = collections.Counter(f"{n.domain or 'onnx'}:{n.op_type}" for n in graph.node)
     inits = {i.name: list(i.dims) for i in graph.initializer}
     weight = {"Conv": 1, "QLinearConv": 3}  # where each convolution keeps its filter
     width = {n.name: inits[n.input[weight[n.op_type]]][0] for n in graph.node
              if n.op_type in weight and n.input[weight[n.op_type]] in inits}
-    feed = {sess.get_inputs()[0].name: np.zeros((batch, *x.shape[1:]), np.float32)}
-    for _ in range(runs + 2):
-        sess.run(None, feed)
-    trace = Path(sess.end_profiling())
     spent: collections.Counter = collections.Counter()
     by_width: collections.Counter = collections.Counter()  # convolution time by filter count
-    for event in json.loads(trace.read_text()):
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            spent[event["args"]["op_name"]] += event["dur"]
-            node = event["name"].removesuffix("_kernel_time")
-            if node in width:
-                by_width[width[node]] += event["dur"]
-    trace.unlink()
+    for node, (op, us) in kernels.items():
+        spent[op] += us
+        if node in width:
+            by_width[width[node]] += us
     total = sum(spent.values())
     return {"ops": dict(sorted(ops.items())), "layout_conversions": sum(
                 v for k, v in ops.items() if k.split(":")[1] in ("ReorderInput", "ReorderOutput", "Transpose")),
