@@ -436,6 +436,7 @@ def _rows(data: str) -> list[dict]:
                      "macs": float(np.mean([c["macs"] for c in cs])),
                      "params": float(np.mean([c["params"] for c in cs])),
                      "heads_kept": float(np.mean([c["heads_kept"] for c in cs])), "heads": cs[0]["heads"],
+                     "start_sha256": sorted({c["start_sha256"] for c in cs}),
                      "speedup": _speedups(timed, lat.get("dense")),
                      "int8_accuracy": {v: float(np.mean([t[v]["accuracy"] for t in timed])) if timed else None
                                        for v in VARIANTS[1:]}})
@@ -487,10 +488,15 @@ def cmd_aggregate(args) -> None:
                    "int8_accuracy": {v: timed["dense_rewritten"][v]["accuracy"] for v in VARIANTS[1:]}}
             lines.append(f"| dense, rewritten | 1.00 | 1.00 | {heads} | - | - | - | " + _speed_cells(row) + " |")
         for r in rows:
-            lines.append(f"| {r['method']} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
+            other = " †" if r["start_sha256"] != [dense["sha256"]] else ""  # not the dense model recorded now
+            lines.append(f"| {r['method']}{other} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
                          f"{r['heads_kept']:.0f} | {100 * r['val_accuracy']:.1f} | {100 * r['test_accuracy']:.2f}"
                          + (f" ± {100 * r['sd']:.2f}" if len(r["seeds"]) > 1 else "") + " | "
                          f"{','.join(map(str, r['seeds']))} | " + _speed_cells(r) + " |")
+        if any(r["start_sha256"] != [dense["sha256"]] for r in rows):
+            lines += ["", f"†: cells that started from another fine-tune of the dense model than the one "
+                      f"`dense-{data}.json` records (sha256 {dense['sha256'][:12]}…; the cells' `start_sha256`): "
+                      "compare them with the other rows only as far as the two dense models agree."]
         lines.append("")
     write_json(ROOT / "results" / "text.json", out)
     write_text(ROOT / "results" / "text.md", "\n".join(lines))
