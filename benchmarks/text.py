@@ -13,8 +13,9 @@ The protocol:
   go to ``results/text/dense-<data>.json`` and every cell checks that hash.
 * a cell (data, method, budget, seed; ``run``): ``ibprune.compress`` of that model at ``macs=budget`` with the
   library's defaults for a transformers model (AdamW at its default learning rate, ``round_to`` auto), no
-  distillation. IB: ``--gate-epochs`` of gate training, then the rest of ``--epochs`` fine-tuning; Taylor (and
-  any other criterion): one-shot prune, ``--epochs`` of fine-tuning. Each cell writes
+  distillation (``--distill``: from the dense model, label ``<method>_kd``). IB: ``--gate-epochs`` of gate
+  training, then the rest of ``--epochs`` fine-tuning; Taylor (and any other criterion): one-shot prune,
+  ``--epochs`` of fine-tuning. Each cell writes
   ``results/text/cells/<data>-<method>-macs<budget>-s<seed>.json``; its run folder (checkpoints, ONNX files)
   is ``results/text/work/`` (ignored), so a killed cell resumes.
 * ``latency``: every cell's ONNX file and the dense one, in fp32 and as int8 (onnxruntime's static QDQ
@@ -178,8 +179,10 @@ def cell_name(data: str, method: str, budget: float, seed: int) -> str:
 
 
 def label(method: str, args) -> str:
-    """A cell's method label: ``<method>_alloc_<donor>`` for a ranking at the widths another method kept."""
-    return f"{method}_alloc_{args.widths_from}" if args.widths_from else method
+    """A cell's method label: ``<method>_alloc_<donor>`` for a ranking at the widths another method kept,
+    ``_kd`` for a fine-tune distilled from the dense model."""
+    name = f"{method}_alloc_{args.widths_from}" if args.widths_from else method
+    return f"{name}_kd" if args.distill else name
 
 
 def donor(args, budget: float, seed: int) -> dict:
@@ -207,6 +210,7 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
                               verbose=args.verbose, macs=target, criterion=criterion, seed=seed, gate_epochs=gate,
                               rank_per_cost=method.endswith("_per_cost"),
                               finetune_epochs=args.epochs - gate, latency_runs=args.latency_runs,
+                              distill=args.distill,
                               bench_batch=BATCH, device=args.device)
     seconds = time.perf_counter() - start
     rep = result.report
@@ -221,7 +225,8 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
             "macs": rep["achieved"]["macs"], "params": rep["achieved"]["params"],
             "heads_kept": sum(v["kept"] for v in heads.values()), "heads": sum(v["total"] for v in heads.values()),
             "kept": kept,
-            "optimizer": rep["finetune"]["optimizer"], "lr": rep["finetune"]["lr"], "seconds": round(seconds),
+            "optimizer": rep["finetune"]["optimizer"], "lr": rep["finetune"]["lr"],
+            "distill": rep["finetune"]["distill"], "seconds": round(seconds),
             "resumed_from": rep.get("resumed_from"), "environment": environment()}
 
 
@@ -534,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--latency-runs", type=int, default=5, help="in-run timing (contended: `latency` re-times)")
     r.add_argument("--widths-from", metavar="METHOD", help="rank within the widths per group that this method's "
                    "cell kept (same budget and seed): the allocation swap (label <method>_alloc_<METHOD>)")
+    r.add_argument("--distill", action="store_true", help="fine-tune distilled from the dense model (label "
+                   "<method>_kd)")
     r.add_argument("--rebuild", action="store_true", help="run cells whose record exists again (their ONNX files "
                    "stay on the machine that made them); the new record keeps the old one's accuracies as "
                    "'rebuilt_from'")
