@@ -303,7 +303,9 @@ def cmd_latency(args) -> None:
     files = {name: int8_variants(path, calibration) for name, path in onnx_files(args.data, args.methods).items()}
     path = RESULTS / f"latency-{args.data}.json"
     old = json.loads(path.read_text())["files"] if path.exists() else {}
-    accuracy = {name: {v: old.get(name, {}).get(v, {}).get("accuracy") for v in VARIANTS[1:]} for name in files}
+    digest = {name: sha256(variants["fp32"]) for name, variants in files.items()}
+    same = {name for name in files if old.get(name, {}).get("sha256") == digest[name]}  # a rebuilt file is measured
+    accuracy = {name: {v: old[name][v]["accuracy"] if name in same else None for v in VARIANTS[1:]} for name in files}
     for name, variants in files.items():
         for v in VARIANTS[1:]:
             if accuracy[name][v] is None:
@@ -317,10 +319,10 @@ def cmd_latency(args) -> None:
         for key, sess in sessions.items():
             times[key].append({b: time_runs(sess, example, b, runs=args.runs) for b in (1, BATCH)})
         print(f"round {r + 1} of {args.rounds} done", flush=True)
-    out = {name: {v: {"accuracy": accuracy[name].get(v),
+    out = {name: {"sha256": digest[name], **{v: {"accuracy": accuracy[name].get(v),
                       **{f"batch_{b}": {q: float(np.median([t[b][q] for t in times[(name, v)]]))
                                         for q in ("p50", "p90")} for b in (1, BATCH)}}
-                  for v in VARIANTS} for name in files}
+                  for v in VARIANTS}} for name in files}
     write_json(path, {"data": args.data, "seq_len": LATENCY_SEQ, "threads": args.threads, "rounds": args.rounds,
                       "runs": args.runs, "command": " ".join(sys.argv), "environment": environment(),
                       "files": out})
