@@ -26,8 +26,10 @@ The protocol:
   that method M's cell kept (the allocation swap, ``<method>_alloc_M``); ``ib_unbalanced`` weighs each unit's
   KL by its cost alone (IB's weighting before the per-kind balance: ``objective.balance_units``);
   ``ib_uniform_unbalanced`` weighs every unit's KL alike; ``<method>_per_cost`` ranks by information per unit of
-  cost. Cells made before IB balanced its weights were relabelled (``ib`` -> ``ib_unbalanced``, ``ib_uniform``
-  -> ``ib_uniform_unbalanced``, ``ib_balanced`` -> ``ib``).
+  cost; ``--metric latency``: the budgets are fractions of the dense model's time, measured in the run
+  (``compress(latency=...)``), IB under Taylor's speed instead of Taylor's MACs. Cells made before IB
+  balanced its weights were relabelled (``ib`` -> ``ib_unbalanced``, ``ib_uniform`` -> ``ib_uniform_unbalanced``,
+  ``ib_balanced`` -> ``ib``).
 
 Reproduce (2 CPU cores, uncontended; the machines here have differed 2-3x in speed: each record's ``seconds``
 says what one took, e.g. 18 minutes for 20 Newsgroups' fine-tune and 8-12 for each of its cells):
@@ -174,8 +176,8 @@ def finetuned(data: str):
     return model, tokenizer, record
 
 
-def cell_name(data: str, method: str, budget: float, seed: int) -> str:
-    return f"{data}-{method}-macs{budget:.2f}-s{seed}"
+def cell_name(data: str, method: str, budget: float, seed: int, metric: str = "macs") -> str:
+    return f"{data}-{method}-{metric}{budget:.2f}-s{seed}"
 
 
 def label(method: str, args) -> str:
@@ -200,14 +202,15 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
     loaders = splits(args.data, tokenizer, seed)
     criterion, target = ranker(method.removesuffix("_per_cost")), budget  # _per_cost: information per unit cost
     gate = args.gate_epochs if criterion.trains_gates else 0.0
-    out = WORK / cell_name(args.data, label(method, args), budget, seed)
+    out = WORK / cell_name(args.data, label(method, args), budget, seed, args.metric)
     if args.widths_from:  # the budget: what those widths cost by the counter that checks the prune, a hair above
         cell = donor(args, budget, seed)
         keep, target = cell["kept"], cell["macs"] + 1e-7
         criterion = Allocated(criterion, keep)
     start = time.perf_counter()
     result = ibprune.compress(model, loaders["train"], loaders["val"], out_dir=out, resume=out.exists(),
-                              verbose=args.verbose, macs=target, criterion=criterion, seed=seed, gate_epochs=gate,
+                              verbose=args.verbose, **{args.metric: target}, criterion=criterion, seed=seed,
+                              gate_epochs=gate,
                               rank_per_cost=method.endswith("_per_cost"),
                               finetune_epochs=args.epochs - gate, latency_runs=args.latency_runs,
                               distill=args.distill,
@@ -218,11 +221,13 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
     kept = {k: v["kept"] for k, v in rep["pruned_channels"].items()}
     if args.widths_from and kept != keep:
         raise RuntimeError(f"the allocation was not kept: {kept} instead of {keep}")
-    return {"data": args.data, "method": label(method, args), "budget": budget, "seed": seed, "epochs": args.epochs,
+    return {"data": args.data, "method": label(method, args), "metric": args.metric, "budget": budget, "seed": seed,
+            "epochs": args.epochs,
             "gate_epochs": gate, "seq_len": SEQ_LEN[args.data], "start_sha256": dense["sha256"],
             "test_accuracy": evaluate(result.model, loaders["test"], pick_device(args.device)),
             "dense_test_accuracy": dense["test_accuracy"], "val_accuracy": rep["accuracy"],
             "macs": rep["achieved"]["macs"], "params": rep["achieved"]["params"],
+            "latency": rep["achieved"].get("latency"), "latency_batch": rep["achieved"].get("latency_batch"),
             "heads_kept": sum(v["kept"] for v in heads.values()), "heads": sum(v["total"] for v in heads.values()),
             "kept": kept,
             "optimizer": rep["finetune"]["optimizer"], "lr": rep["finetune"]["lr"],
@@ -231,10 +236,12 @@ def run_cell(args, method: str, budget: float, seed: int) -> dict:
 
 
 def cmd_run(args) -> None:
+    if args.widths_from and args.metric != "macs":
+        sys.exit("--widths-from takes another cell's widths, and so its MACs: it needs --metric macs")
     for seed in args.seeds:
         for budget in args.budgets:
             for method in args.methods:
-                path = CELLS / f"{cell_name(args.data, label(method, args), budget, seed)}.json"
+                path = CELLS / f"{cell_name(args.data, label(method, args), budget, seed, args.metric)}.json"
                 old = json.loads(path.read_text()) if path.exists() else None
                 if old and not args.rebuild:
                     continue
@@ -431,14 +438,14 @@ def _rows(data: str) -> list[dict]:
     lat = json.loads(lat_path.read_text())["files"] if lat_path.exists() else {}
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["method"], c["budget"]), []).append(c)
+        groups.setdefault((c["method"], c.get("metric", "macs"), c["budget"]), []).append(c)
     rows = []
-    for (method, budget), cs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+    for (method, metric, budget), cs in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][2], kv[0][0])):
         acc, sd = _mean_sd([c["test_accuracy"] for c in cs])
         val, _ = _mean_sd([c["val_accuracy"]["finetuned"] for c in cs])
-        timed = [lat[cell_name(data, method, budget, c["seed"])] for c in cs
-                 if cell_name(data, method, budget, c["seed"]) in lat]
-        rows.append({"method": method, "budget": budget, "seeds": sorted(c["seed"] for c in cs),
+        names = [cell_name(data, method, budget, c["seed"], metric) for c in cs]
+        timed = [lat[name] for name in names if name in lat]
+        rows.append({"method": method, "metric": metric, "budget": budget, "seeds": sorted(c["seed"] for c in cs),
                      "test_accuracy": acc, "sd": sd, "val_accuracy": val,
                      "macs": float(np.mean([c["macs"] for c in cs])),
                      "params": float(np.mean([c["params"] for c in cs])),
@@ -496,7 +503,8 @@ def cmd_aggregate(args) -> None:
             lines.append(f"| dense, rewritten | 1.00 | 1.00 | {heads} | - | - | - | " + _speed_cells(row) + " |")
         for r in rows:
             other = " †" if r["start_sha256"] != [dense["sha256"]] else ""  # not the dense model recorded now
-            lines.append(f"| {r['method']}{other} @ {r['budget']:g} | {r['macs']:.3f} | {r['params']:.3f} | "
+            budget = f"{'latency ' if r['metric'] == 'latency' else ''}{r['budget']:g}"
+            lines.append(f"| {r['method']}{other} @ {budget} | {r['macs']:.3f} | {r['params']:.3f} | "
                          f"{r['heads_kept']:.0f} | {100 * r['val_accuracy']:.1f} | {100 * r['test_accuracy']:.2f}"
                          + (f" ± {100 * r['sd']:.2f}" if len(r["seeds"]) > 1 else "") + " | "
                          f"{','.join(map(str, r['seeds']))} | " + _speed_cells(r) + " |")
@@ -536,6 +544,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--methods", nargs="+", default=["ib", "taylor"])
     r.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    r.add_argument("--metric", choices=("macs", "latency"), default="macs", help="what --budgets are fractions of "
+                   "(latency: the dense model's onnxruntime time at batch 32 and the data's length, measured in the "
+                   "run, so on a quiet machine only)")
     r.add_argument("--epochs", type=float, default=1.5, help="training epochs per cell, the gate phase included")
     r.add_argument("--gate-epochs", type=float, default=0.5)
     r.add_argument("--latency-runs", type=int, default=5, help="in-run timing (contended: `latency` re-times)")
