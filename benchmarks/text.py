@@ -43,7 +43,13 @@ says what one took, e.g. 18 minutes for 20 Newsgroups' fine-tune and 8-12 for ea
         --widths-from ib_unbalanced
     python benchmarks/text.py run --data rotten_tomatoes --methods ib_unbalanced ib_uniform_unbalanced \
         --budgets 0.5 0.35 --seeds 0 1
-    python benchmarks/text.py latency --data rotten_tomatoes --methods ib taylor ib_unbalanced  # quiet machine
+    python benchmarks/text.py run --data rotten_tomatoes --methods taylor --budgets 0.5 --seeds 0 1 --widths-from ib
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib --budgets 0.5 --seeds 0 1 --widths-from taylor
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib --metric latency --budgets 0.49 --seeds 0 1
+    python benchmarks/text.py run --data rotten_tomatoes --methods ib taylor --budgets 0.5 --seeds 0 1 --distill
+    python benchmarks/text.py latency --data rotten_tomatoes --methods ib taylor ib_kd taylor_kd  # quiet machine
+    python benchmarks/text.py latency --data 20newsgroups --methods ib taylor
+    python benchmarks/text.py profile --data rotten_tomatoes --seeds 0 1
     python benchmarks/text.py aggregate
 """
 
