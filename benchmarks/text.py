@@ -15,9 +15,9 @@ The protocol:
   library's defaults for a transformers model (AdamW at its default learning rate, ``round_to`` auto), no
   distillation (``--distill``: from the dense model, label ``<method>_kd``). IB: ``--gate-epochs`` of gate
   training, then the rest of ``--epochs`` fine-tuning; Taylor (and any other criterion): one-shot prune,
-  ``--epochs`` of fine-tuning. Each cell writes
-  ``results/text/cells/<data>-<method>-macs<budget>-s<seed>.json``; its run folder (checkpoints, ONNX files)
-  is ``results/text/work/`` (ignored), so a killed cell resumes.
+  ``--epochs`` of fine-tuning. Each cell writes ``results/text/cells/<data>-<method>-<metric><budget>-s<seed>.json``
+  (metric ``macs`` or ``latency``); its run folder (checkpoints, ONNX files) is ``results/text/work/``
+  (ignored), so a killed cell resumes.
 * ``latency``: every cell's ONNX file and the dense one, in fp32 and as int8 (onnxruntime's static QDQ
   quantization calibrated on training batches, and its dynamic quantization of the linear layers), timed at
   batch 1 and 32 at 128 tokens in interleaved rounds; the int8 files' test accuracy in onnxruntime.
