@@ -497,15 +497,13 @@ def cmd_aggregate(args) -> None:
                   "| method | MACs | params | heads | val acc (%) | test acc (%) | seeds | fp32 x b1 / b32 | "
                   "int8 dyn x b1 / b32 (acc) | int8 static x b1 / b32 (acc) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        dense_row = {"speedup": _speedups([dense_lat], dense_lat) if dense_lat else {},
-                     "int8_accuracy": {v: dense_lat[v]["accuracy"] for v in VARIANTS[1:]} if dense_lat else {}}
+        dense_row = _timed_row(dense_lat, dense_lat)
         heads = rows[0]["heads"] if rows else "-"
         lines.append(f"| dense | 1.00 | 1.00 | {heads} | {100 * dense['val_accuracy']:.1f} | "
                      f"{100 * dense['test_accuracy']:.2f} | - | "
                      + _speed_cells(dense_row) + " |")
         if "dense_rewritten" in timed:  # the same function, its attention exported as the pruned files' is
-            row = {"speedup": _speedups([timed["dense_rewritten"]], dense_lat),
-                   "int8_accuracy": {v: timed["dense_rewritten"][v]["accuracy"] for v in VARIANTS[1:]}}
+            row = _timed_row(timed["dense_rewritten"], dense_lat)
             lines.append(f"| dense, rewritten | 1.00 | 1.00 | {heads} | - | - | - | " + _speed_cells(row) + " |")
         for r in rows:
             other = " †" if r["start_sha256"] != [dense["sha256"]] else ""  # not the dense model recorded now
@@ -522,6 +520,13 @@ def cmd_aggregate(args) -> None:
     write_json(ROOT / "results" / "text.json", out)
     write_text(ROOT / "results" / "text.md", "\n".join(lines))
     print("\n".join(lines))
+
+
+def _timed_row(entry: dict | None, dense: dict | None) -> dict:
+    """One timed file's speed-ups over the dense file and its int8 files' accuracy (empty when not timed)."""
+    if entry is None:
+        return {"speedup": {}, "int8_accuracy": {}}
+    return {"speedup": _speedups([entry], dense), "int8_accuracy": {v: entry[v]["accuracy"] for v in VARIANTS[1:]}}
 
 
 def _speed_cells(row: dict) -> str:
