@@ -568,6 +568,7 @@ def cmd_aggregate(args) -> None:
             "pruned_val_accuracy": _mean([c["val_accuracy_by_stage"].get("pruned") for c in cs]),
             "val_accuracy": _mean([c["val_accuracy_by_stage"].get("finetuned") for c in cs]),
             "val_accuracy_by_seed": {str(c["seed"]): c["val_accuracy_by_stage"].get("finetuned") for c in cs},
+            "test_accuracy_by_seed": {str(c["seed"]): 100 * c["test_accuracy"] for c in cs},
             # cells from before the gentler explore and the early end of the squeeze record no gate_run
             "earlier_gate_phase": method.startswith("ib") and any("gate_run" not in c for c in cs),
             "latency_b1_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_1"]["p50"] for c in cs]),
@@ -803,13 +804,15 @@ def _allocations(table: list[dict]) -> list[str]:
         own, donor = (index.get((r["model"], r["epochs"], r["budget_macs"], name))
                       or index.get((r["model"], r["epochs"], r["budget_macs"], name.replace("_r4", "")))
                       for name in m.groups())
-        text = [f"{_mean_text(x)} ({x['seeds']})" if x else "—" for x in (own, r, donor)]
+        text = [f"{_mean_text(_on_seeds(x, r['test_accuracy_by_seed']))} ({len(r['test_accuracy_by_seed'])})"
+                if x else "—" for x in (own, r, donor)]
         lines.append(f"| {r['model']} | {r['epochs']:g} | {r['budget_macs']} | {m[1]} | {text[0]} | {m[2]} | "
                      f"{text[1]} | {text[2]} |")
     if not lines:
         return []
     return ["## How many channels, or which ones?", "",
-            "Test accuracy (%), mean ± std (seeds): a method at its own widths, the same method's ranking at the "
+            "Test accuracy (%), mean ± std over the seeds the swap ran (all three columns on those seeds): a "
+            "method at its own widths, the same method's ranking at the "
             "widths another method's cell kept (same seed; `--widths-from`: it chooses only which channels "
             "within each group), and that other method at those widths with its own ranking. Where a ranking "
             "gains at the other's widths, the widths (the allocation across groups) carry the lead.", "",
@@ -895,6 +898,13 @@ def _mixed(row: dict[str, dict]) -> str:
     envs = {e for r in row.values() for e in r["environments"]}
     starts = {h for r in row.values() for h in r["weights_sha256"]} - {"None"}
     return " ‡" if len(envs) > 1 or len(starts) > 1 else ""
+
+
+def _on_seeds(r: dict, seeds) -> dict:
+    """``r``'s test accuracy over ``seeds`` only (those of a row it is compared with), as ``_mean_text`` reads it."""
+    acc = torch.tensor([r["test_accuracy_by_seed"][s] for s in seeds if s in r["test_accuracy_by_seed"]])
+    return {"test_accuracy_mean": float(acc.mean()), "seeds": len(acc),
+            "test_accuracy_std": float(acc.std()) if len(acc) > 1 else 0.0}
 
 
 def _mean_text(r: dict) -> str:
