@@ -780,9 +780,16 @@ def _schedules(table: list[dict]) -> list[str]:
     rows = {k: v for k, v in _by_widths(table, rf"({names})(_r4)?").items() if any(n in v for n in SCHEDULES)}
     if not rows:
         return []
-    used = [n for kind in kinds if any(name in row for row in rows.values() for name in kind) for n in kind]
+    # a ranking's columns only where one of its other schedules ran
+    used = [n for kind in kinds if any(name in row for row in rows.values() for name in kind if name in SCHEDULES)
+            for n in kind]
+    for row in rows.values():  # every column on the seeds the row's schedule ablations ran
+        seeds = sorted({s for n in SCHEDULES if n in row for s in row[n]["test_accuracy_by_seed"]})
+        for n in row:
+            row[n] = {**row[n], **_on_seeds(row[n], seeds)}
     return ["## The ranking or the schedule?", "",
-            "Test accuracy (%), mean ± std (seeds), plain protocol. One-shot: the channels are cut at once (IB "
+            "Test accuracy (%), mean ± std over the seeds the row's ablations ran (every column on those seeds), "
+            "plain protocol. One-shot: the channels are cut at once (IB "
             "after its explore half; the criteria on the dense model); `_squeeze`: IB's schedule, the channels the "
             "ranking removes shut by gates over the gate phase while the weights train, then cut; `_iter`: "
             "torch-pruning's iterative schedule over the gate phase (5 rounds, linear, re-scored each round). Same "
@@ -835,8 +842,9 @@ def _tries(table: list[dict]) -> dict[str, list[dict]]:
     goes to the higher accuracy right after the prune): the number the choice reads, never the test accuracy."""
     tries: dict[str, list[dict]] = {}
     for r in table:
-        # a protocol or an ablation is no try of settings
-        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|squeeze|oneshot|iter|alloc)(_|$)", r["method"])
+        # a protocol or an ablation is no try of settings; a schedule (IB one-shot, a criterion squeezed or
+        # iterated) is a try of its ranking's settings, as the gate phase's length is
+        protocol = re.search(r"_(kdd?|a[\d.]+|fd[\d.]+|per_cost|alloc)(_|$)", r["method"])
         tune = (r["model"], r["epochs"], r["budget_macs"]) == TUNE and r["val_accuracy"] is not None
         if tune and not protocol and (base := _base(r["method"])):
             tries.setdefault(base, []).append(r)
