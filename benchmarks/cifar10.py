@@ -560,15 +560,14 @@ def cmd_aggregate(args) -> None:
                                                                                      -(kv[0][3] or 1), kv[0][2])):
         acc = torch.tensor([c["test_accuracy"] for c in cs]) * 100
         table.append({
-            "model": model, "epochs": epochs, "method": method, "budget_macs": budget, "seeds": len(cs),
-            "test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()) if len(cs) > 1 else 0.0,
+            "model": model, "epochs": epochs, "method": method, "budget_macs": budget, **_spread(acc),
             "test_accuracies": [float(a) for a in acc],
             "macs_fraction": sum(c["achieved"]["macs"] for c in cs) / len(cs),
             "params_fraction": sum(c["achieved"]["params"] for c in cs) / len(cs),
             "pruned_val_accuracy": _mean([c["val_accuracy_by_stage"].get("pruned") for c in cs]),
             "val_accuracy": _mean([c["val_accuracy_by_stage"].get("finetuned") for c in cs]),
             "val_accuracy_by_seed": {str(c["seed"]): c["val_accuracy_by_stage"].get("finetuned") for c in cs},
-            "test_accuracy_by_seed": {str(c["seed"]): 100 * c["test_accuracy"] for c in cs},
+            "test_accuracy_by_seed": {str(c["seed"]): float(a) for c, a in zip(cs, acc, strict=True)},
             # cells from before the gentler explore and the early end of the squeeze record no gate_run
             "earlier_gate_phase": method.startswith("ib") and any("gate_run" not in c for c in cs),
             "latency_b1_p50_ms": _mean([quiet.get(c["cell"], c["latency_ms"])["batch_1"]["p50"] for c in cs]),
@@ -910,8 +909,12 @@ def _mixed(row: dict[str, dict]) -> str:
 
 def _on_seeds(r: dict, seeds) -> dict:
     """``r``'s test accuracy over ``seeds`` only (those of a row it is compared with), as ``_mean_text`` reads it."""
-    acc = torch.tensor([r["test_accuracy_by_seed"][s] for s in seeds if s in r["test_accuracy_by_seed"]])
-    return {"test_accuracy_mean": float(acc.mean()), "seeds": len(acc),
+    return _spread(torch.tensor([r["test_accuracy_by_seed"][s] for s in seeds if s in r["test_accuracy_by_seed"]]))
+
+
+def _spread(acc: torch.Tensor) -> dict:
+    """Seeds, mean and spread (std over seeds; 0 for one seed) of test accuracies in %."""
+    return {"seeds": len(acc), "test_accuracy_mean": float(acc.mean()),
             "test_accuracy_std": float(acc.std()) if len(acc) > 1 else 0.0}
 
 
